@@ -1,0 +1,53 @@
+# The README's commands. Each installs what it needs first, into .venv, from pinned versions (requirements.lock).
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export SPARK_LOCAL_IP ?= 127.0.0.1
+
+.PHONY: install demo test lint contracts defs pytest bench ui lock clean
+
+$(STAMP): pyproject.toml requirements.lock
+	@command -v java >/dev/null || { echo "Java 17 is required for Spark (apt-get install openjdk-17-jre-headless)"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip==25.3
+	# torch is pinned to the CPU build in requirements.lock: the install never pulls a CUDA build.
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
+	@$(BIN)/python -c "import torch, sys; sys.exit('a CUDA build of torch was installed' if torch.version.cuda else 0)"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## The main job: the whole graph on the embedded quickstart profile.
+demo: install
+	CPTDATA_PROFILE=$${CPTDATA_PROFILE:-quickstart} $(BIN)/cptdata demo
+
+## Lint, import contracts, definitions check, then the test suite.
+test: install lint contracts defs pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+contracts: install
+	$(BIN)/lint-imports
+
+defs: install
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dg check defs
+
+pytest: install
+	$(BIN)/pytest
+
+bench: install
+	$(BIN)/python -m benchmarks.ingest_bench
+
+## The Dagster UI on the same instance `make demo` uses.
+ui: install
+	DAGSTER_HOME=$${DAGSTER_HOME:-$(CURDIR)/.cptdata/dagster} $(BIN)/dagster dev -m orchestration.definitions -h 127.0.0.1
+
+## Re-pin every dependency after changing pyproject.toml.
+lock:
+	$(BIN)/pip freeze --exclude-editable > requirements.lock
+
+clean:
+	rm -rf .cptdata .pytest_cache .ruff_cache

@@ -1,0 +1,111 @@
+"""Resources the assets use: where tables live, how Spark runs, where MLflow records, which sources exist.
+
+They hold infrastructure and catalogue settings only; ``orchestration.profiles`` builds them per profile.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import dagster as dg
+from pydantic import Field
+
+from cpt.corpus.sources import SourceSpec, landing_sources
+from cpt.delta_store import DeltaStore
+from spark_jobs.session import SparkSettings, build_session
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+
+class DeltaStoreResource(dg.ConfigurableResource):
+    """Root of the Delta tables: a local folder or an object-store URI (``s3://bucket/prefix``)."""
+
+    root_uri: str
+    storage_options: dict[str, str] = Field(default_factory=dict)
+
+    def store(self) -> DeltaStore:
+        return DeltaStore(self.root_uri, self.storage_options)
+
+
+class SparkResource(dg.ConfigurableResource):
+    """How Spark runs: ``local[N]``, a cluster master URL, or a Spark Connect URL; GPU amounts for scoring."""
+
+    master: str = "local[2]"
+    connect_url: str | None = None
+    app_name: str = "cptdata"
+    driver_memory: str = "2g"
+    shuffle_partitions: int = 8
+    executor_gpus: int = 0
+    task_gpus: float = 0.0
+    gpu_discovery_script: str | None = None
+    extra_conf: dict[str, str] = Field(default_factory=dict)
+
+    def settings(self) -> SparkSettings:
+        return SparkSettings(
+            master=self.master,
+            connect_url=self.connect_url,
+            app_name=self.app_name,
+            driver_memory=self.driver_memory,
+            shuffle_partitions=self.shuffle_partitions,
+            executor_gpus=self.executor_gpus,
+            task_gpus=self.task_gpus,
+            gpu_discovery_script=self.gpu_discovery_script,
+            extra_conf=self.extra_conf,
+        )
+
+    def session(self) -> SparkSession:
+        return build_session(self.settings())
+
+
+class MlflowResource(dg.ConfigurableResource):
+    """Where fits and pilot runs are recorded (a local SQLite store by default)."""
+
+    tracking_uri: str
+    experiment: str = "cptdata"
+
+    def client(self):
+        import mlflow
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        return mlflow.MlflowClient(self.tracking_uri)
+
+
+class SourceConfig(dg.Config):
+    """One declared corpus source (see ``cpt.corpus.sources.SourceSpec``)."""
+
+    name: str
+    path: str
+    format: str
+    role: str
+    text_field: str = "text"
+    group_field: str | None = None
+    id_field: str | None = "id"
+    split: str = "by_group"
+    eval_fraction: float = 0.05
+
+    def spec(self) -> SourceSpec:
+        return SourceSpec(**self.model_dump())
+
+
+class CorpusCatalogResource(dg.ConfigurableResource):
+    """The corpus sources: declared ones, plus one per file dropped in the landing folder."""
+
+    sources: list[SourceConfig] = Field(default_factory=list)
+    landing_dir: str
+    max_reject_rate: float = 0.01
+
+    def specs(self) -> dict[str, SourceSpec]:
+        declared = {s.name: s.spec() for s in self.sources}
+        landed = {s.name: s for s in landing_sources(Path(self.landing_dir)) if s.name not in declared}
+        return declared | landed
+
+    def resolve(self, name: str) -> SourceSpec:
+        specs = self.specs()
+        if name not in specs:
+            raise dg.Failure(
+                description=f"unknown corpus source {name!r}: it is neither declared in the profile nor a file in "
+                f"{self.landing_dir}/<domain|general>/. Known sources: {sorted(specs)}"
+            )
+        return specs[name]

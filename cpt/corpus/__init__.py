@@ -1,0 +1,1 @@
+"""Corpus ingestion: declared sources → normalised, deduplicated, split documents, and quarantined rejects."""

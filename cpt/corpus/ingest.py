@@ -1,0 +1,185 @@
+"""Ingestion of one source: records → normalised documents with content-hash ids, exact duplicates dropped and
+counted, a train/eval split drawn by a stable hash of the group; malformed records → rejects with a reason."""
+
+from __future__ import annotations
+
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+import pyarrow as pa
+
+from cpt.corpus.readers import Record, Reject, RejectReason, read_source
+from cpt.corpus.schema import DOCUMENTS_SCHEMA, RAW_LIMIT, REJECTS_SCHEMA
+from cpt.corpus.sources import SourceSpec, SplitPolicy
+from cpt.hashing import content_id, unit_interval
+
+SPLIT_SALT = "cptdata-split-v1"  # changing it reshuffles every split: bump only with a new split policy version
+TRAIN, EVAL = "train", "eval"
+
+
+def normalise_text(text: str) -> str:
+    """NFC normalisation, ``\\r\\n``/``\\r`` → ``\\n``, surrounding whitespace stripped."""
+    return unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n").strip()
+
+
+def assign_split(group: str, spec: SourceSpec) -> str:
+    """The split of every record of ``group``: fixed by the source's policy, or drawn by a stable hash."""
+    if spec.split is SplitPolicy.TRAIN:
+        return TRAIN
+    if spec.split is SplitPolicy.EVAL:
+        return EVAL
+    return EVAL if unit_interval(group, SPLIT_SALT) < spec.eval_fraction else TRAIN
+
+
+@dataclass(frozen=True)
+class Document:
+    doc_id: str
+    text: str
+    group_id: str
+    split: str
+    source_file: str
+    source_position: int
+    source_record_id: str | None
+
+
+def to_document(record: Record, spec: SourceSpec) -> Document | Reject:
+    """Validate and normalise one record; a reject names the field and what was wrong with it."""
+
+    def reject(reason: RejectReason, detail: str) -> Reject:
+        return Reject(record.file, record.position, reason, detail, record.raw)
+
+    if spec.text_field not in record.fields or record.fields[spec.text_field] is None:
+        return reject(RejectReason.MISSING_TEXT, f"no {spec.text_field!r} field")
+    raw_text = record.fields[spec.text_field]
+    if not isinstance(raw_text, str):
+        return reject(RejectReason.WRONG_TYPE, f"{spec.text_field!r} is a {type(raw_text).__name__}, not a string")
+    text = normalise_text(raw_text)
+    if not text:
+        return reject(RejectReason.EMPTY_TEXT, f"{spec.text_field!r} is empty after normalisation")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # JSON can escape lone surrogates that UTF-8 cannot hold
+        return reject(RejectReason.INVALID_UTF8, f"{spec.text_field!r}: {exc}")
+    record_id = _scalar_field(record.fields, spec.id_field)
+    if isinstance(record_id, Reject):
+        return reject(RejectReason.WRONG_TYPE, f"{spec.id_field!r} must be a string or integer")
+    doc_id = content_id(text)
+    if spec.group_field is None:
+        group = record_id if record_id is not None else doc_id
+    else:
+        group = _scalar_field(record.fields, spec.group_field)
+        if group is None:
+            return reject(RejectReason.MISSING_GROUP, f"no {spec.group_field!r} field")
+        if isinstance(group, Reject):
+            return reject(RejectReason.WRONG_TYPE, f"{spec.group_field!r} must be a string or integer")
+    return Document(doc_id, text, group, assign_split(group, spec), record.file, record.position, record_id)
+
+
+def _scalar_field(fields: Mapping[str, object], name: str | None) -> str | None | Reject:
+    value = fields.get(name) if name else None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return Reject("", 0, RejectReason.WRONG_TYPE, "", None)
+    return str(value)
+
+
+@dataclass(frozen=True)
+class IngestStats:
+    files: tuple[str, ...]
+    records_read: int  # every record seen: documents + duplicates + rejects
+    documents: int
+    duplicates_dropped: int
+    rejects_by_reason: Mapping[str, int]
+    documents_by_split: Mapping[str, int]
+
+    @property
+    def rejects(self) -> int:
+        return sum(self.rejects_by_reason.values())
+
+    @property
+    def reject_rate(self) -> float:
+        return self.rejects / self.records_read if self.records_read else 0.0
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    documents: pa.Table  # DOCUMENTS_SCHEMA
+    rejects: pa.Table  # REJECTS_SCHEMA
+    stats: IngestStats
+
+
+def ingest_source(spec: SourceSpec, *, run_id: str, ingested_at: datetime) -> IngestResult:
+    """Read, validate, normalise, deduplicate and split every record of one source."""
+    docs: dict[str, Document] = {}
+    rejects: list[Reject] = []
+    files: set[str] = set()
+    seen = duplicates = 0
+    for item in read_source(spec):
+        seen += 1
+        files.add(item.file)
+        result = to_document(item, spec) if isinstance(item, Record) else item
+        if isinstance(result, Reject):
+            rejects.append(result)
+        elif result.doc_id in docs:
+            duplicates += 1  # an exact duplicate of an earlier record: the first occurrence is kept
+        else:
+            docs[result.doc_id] = result
+    stats = IngestStats(
+        files=tuple(sorted(files)),
+        records_read=seen,
+        documents=len(docs),
+        duplicates_dropped=duplicates,
+        rejects_by_reason=dict(sorted(Counter(r.reason.value for r in rejects).items())),
+        documents_by_split=dict(sorted(Counter(d.split for d in docs.values()).items())),
+    )
+    return IngestResult(
+        documents=_documents_table(docs.values(), spec, run_id, ingested_at),
+        rejects=_rejects_table(rejects, spec, run_id, ingested_at),
+        stats=stats,
+    )
+
+
+def _documents_table(docs: Iterable[Document], spec: SourceSpec, run_id: str, at: datetime) -> pa.Table:
+    rows = [
+        {
+            "doc_id": d.doc_id,
+            "source": spec.name,
+            "role": spec.role.value,
+            "split": d.split,
+            "group_id": d.group_id,
+            "text": d.text,
+            "n_chars": len(d.text),
+            "n_bytes": len(d.text.encode("utf-8")),
+            "n_words": len(d.text.split()),
+            "n_lines": d.text.count("\n") + 1,
+            "source_file": d.source_file,
+            "source_position": d.source_position,
+            "source_record_id": d.source_record_id,
+            "ingest_run_id": run_id,
+            "ingested_at": at,
+        }
+        for d in docs
+    ]
+    return pa.Table.from_pylist(rows, schema=DOCUMENTS_SCHEMA)
+
+
+def _rejects_table(rejects: Iterable[Reject], spec: SourceSpec, run_id: str, at: datetime) -> pa.Table:
+    rows = [
+        {
+            "source": spec.name,
+            "source_file": r.file,
+            "source_position": r.position,
+            "reason": r.reason.value,
+            "detail": r.detail,
+            "raw": r.raw[:RAW_LIMIT] if r.raw is not None else None,
+            "raw_truncated": r.raw is not None and len(r.raw) > RAW_LIMIT,
+            "ingest_run_id": run_id,
+            "ingested_at": at,
+        }
+        for r in rejects
+    ]
+    return pa.Table.from_pylist(rows, schema=REJECTS_SCHEMA)

@@ -1,0 +1,32 @@
+"""The Dagster code location. Load with ``dg check defs`` / ``dagster dev -m orchestration.definitions``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import dagster as dg
+
+from assets import corpus
+from orchestration.jobs import ingest_corpus_job
+from orchestration.profiles import load_profile
+from orchestration.schedules import daily_corpus_build
+from orchestration.sensors import corpus_landing_sensor
+
+
+def build_definitions(env: Mapping[str, str]) -> dg.Definitions:
+    profile = load_profile(env)
+    return dg.Definitions(
+        assets=dg.load_assets_from_modules([corpus]),
+        asset_checks=dg.load_asset_checks_from_modules([corpus]),
+        jobs=[ingest_corpus_job],
+        schedules=[daily_corpus_build],
+        sensors=[corpus_landing_sensor],
+        resources=profile.resources(),
+        metadata={"profile": profile.name, "cptdata_home": str(profile.home)},
+    )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_definitions(os.environ)

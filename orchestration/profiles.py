@@ -1,0 +1,101 @@
+"""Profiles: the whole configuration of a deployment, chosen by one environment variable when definitions load.
+
+- ``quickstart`` (default): everything embedded under ``CPTDATA_HOME`` (default ``./.cptdata``): local Spark, local
+  Delta root, MLflow on SQLite, the sample corpora from ``CPTDATA_CORPORA`` (default ``../shared/corpora``).
+- ``smollm2``: as quickstart, with the real pretrained SmolLM2-135M as base model (later stages).
+- ``cluster``: Spark master or Connect URL, object-store Delta root, an MLflow server; see ``deploy/``.
+
+Every variable is read here and only here, by :func:`load_profile`, given the environment as a mapping.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from assets.resources import (
+    CorpusCatalogResource,
+    DeltaStoreResource,
+    MlflowResource,
+    SourceConfig,
+    SparkResource,
+)
+
+PROFILE_ENV = "CPTDATA_PROFILE"
+PROFILES = ("quickstart", "smollm2", "cluster")
+
+
+def sample_sources(corpora: Path) -> list[SourceConfig]:
+    """The sample corpora: MedQuAD is the domain pool (split by its source XML file), the medical abstracts are
+    held-out domain evaluation, and three public-domain books and speeches are the general (replay) data."""
+
+    def gz(name: str, file: str, role: str, **kw) -> SourceConfig:
+        return SourceConfig(name=name, path=str(corpora / file), format="jsonl.gz", role=role, **kw)
+
+    return [
+        gz("med_medquad", "med_medquad.jsonl.gz", "domain", group_field="group", eval_fraction=0.02),
+        gz("med_abstracts", "med_abstracts_tc_test.jsonl.gz", "domain", split="eval"),
+        gz("gen_sotu", "gen_sotu.jsonl.gz", "general"),
+        gz("gen_austen", "gen_austen.jsonl.gz", "general"),
+        gz("gen_moby_dick", "gen_moby_dick.jsonl.gz", "general"),
+    ]
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    home: Path
+    delta: DeltaStoreResource
+    spark: SparkResource
+    mlflow: MlflowResource
+    catalog: CorpusCatalogResource
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    def resources(self) -> dict[str, object]:
+        return {"delta": self.delta, "spark": self.spark, "mlflow": self.mlflow, "catalog": self.catalog}
+
+
+def load_profile(env: Mapping[str, str]) -> Profile:
+    name = env.get(PROFILE_ENV, "quickstart")
+    if name not in PROFILES:
+        raise ValueError(f"{PROFILE_ENV}={name!r} is not a profile; choose one of {', '.join(PROFILES)}")
+    home = Path(env.get("CPTDATA_HOME", ".cptdata")).expanduser().resolve()
+    corpora = Path(env.get("CPTDATA_CORPORA", "../shared/corpora")).expanduser().resolve()
+    sources = _sources_from_file(Path(env["CPTDATA_SOURCES"])) if "CPTDATA_SOURCES" in env else sample_sources(corpora)
+    catalog = CorpusCatalogResource(
+        sources=sources,
+        landing_dir=env.get("CPTDATA_LANDING", str(home / "landing")),
+        max_reject_rate=float(env.get("CPTDATA_MAX_REJECT_RATE", "0.01")),
+    )
+    mlflow = MlflowResource(tracking_uri=env.get("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}"))
+    if name == "cluster":
+        if "CPTDATA_DELTA_ROOT" not in env:
+            raise ValueError("the cluster profile needs CPTDATA_DELTA_ROOT (e.g. s3://bucket/cptdata)")
+        delta = DeltaStoreResource(
+            root_uri=env["CPTDATA_DELTA_ROOT"],
+            storage_options=json.loads(env.get("CPTDATA_DELTA_STORAGE_OPTIONS", "{}")),
+        )
+        spark = SparkResource(
+            master=env.get("CPTDATA_SPARK_MASTER", "local[*]"),
+            connect_url=env.get("CPTDATA_SPARK_CONNECT"),
+            driver_memory=env.get("CPTDATA_SPARK_DRIVER_MEMORY", "8g"),
+            shuffle_partitions=int(env.get("CPTDATA_SPARK_SHUFFLE_PARTITIONS", "200")),
+            executor_gpus=int(env.get("CPTDATA_SPARK_EXECUTOR_GPUS", "0")),
+            task_gpus=float(env.get("CPTDATA_SPARK_TASK_GPUS", "0")),
+            gpu_discovery_script=env.get("CPTDATA_SPARK_GPU_DISCOVERY"),
+        )
+    else:
+        delta = DeltaStoreResource(root_uri=str(home / "delta"))
+        spark = SparkResource(master=env.get("CPTDATA_SPARK_MASTER", "local[2]"))
+    return Profile(name=name, home=home, delta=delta, spark=spark, mlflow=mlflow, catalog=catalog)
+
+
+def _sources_from_file(path: Path) -> list[SourceConfig]:
+    """A JSON list of sources: ``[{"name": ..., "path": ..., "format": ..., "role": ...}, ...]``."""
+    try:
+        items = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"CPTDATA_SOURCES={path}: cannot read a JSON list of sources: {exc}") from exc
+    return [SourceConfig(**item) for item in items]

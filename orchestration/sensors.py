@@ -1,0 +1,44 @@
+"""Sensors: register sources as partitions and ingest them when they appear or change."""
+
+import json
+from pathlib import Path
+
+import dagster as dg
+
+from assets.partitions import corpus_sources
+from assets.resources import CorpusCatalogResource
+from orchestration.jobs import ingest_corpus_job
+
+
+def _fingerprint(path: str) -> str:
+    """Size and modification time of a source's files: a change means the source must be ingested again."""
+    p = Path(path)
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else ([p] if p.exists() else [])
+    return ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+
+
+@dg.sensor(
+    job=ingest_corpus_job,
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Registers every declared source and every file dropped in the landing folder "
+    "(<landing>/domain/, <landing>/general/) as a corpus_sources partition, and ingests new or changed ones.",
+)
+def corpus_landing_sensor(context: dg.SensorEvaluationContext, catalog: CorpusCatalogResource):
+    seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+    specs = catalog.specs()
+    registered = set(context.instance.get_dynamic_partitions(corpus_sources.name))
+    new_partitions = sorted(set(specs) - registered)
+    runs = []
+    current: dict[str, str] = {}
+    for name, spec in sorted(specs.items()):
+        current[name] = _fingerprint(spec.path) if "*" not in spec.path else "glob"
+        if name in new_partitions or seen.get(name) != current[name]:
+            runs.append(dg.RunRequest(partition_key=name, run_key=f"{name}:{current[name]}"))
+    if not runs and not new_partitions:
+        return dg.SkipReason(f"no new or changed sources among {len(specs)}")
+    return dg.SensorResult(
+        run_requests=runs,
+        dynamic_partitions_requests=[corpus_sources.build_add_request(new_partitions)] if new_partitions else [],
+        cursor=json.dumps(current, sort_keys=True),
+    )

@@ -1,0 +1,86 @@
+"""Spark ↔ Delta without the Delta jars.
+
+Reading: a pinned snapshot's Parquet files, with the table root as ``basePath`` so Hive partition columns come back,
+and the Delta schema applied (it is Spark's own StructType JSON). Writing: tasks write Parquet files into the table
+folder (:mod:`spark_jobs.parquet_files`), and the driver commits them with delta-rs as one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from cpt.delta_store import CommitInfo, DataFile, DeltaStore, Snapshot
+from spark_jobs.parquet_files import FILE_REPORT_DDL, ParquetFileWriter
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+
+def _spark_path(uri: str) -> str:
+    return f"file://{uri}" if uri.startswith("/") else uri
+
+
+def read_snapshot(spark: SparkSession, store: DeltaStore, key: str, version: int | None) -> tuple[DataFrame, Snapshot]:
+    """The rows of ``key`` at ``version`` (latest when None) as a DataFrame, and the snapshot that was read."""
+    from pyspark.sql.types import StructType
+
+    snap = store.snapshot(key, version)
+    schema = StructType.fromJson(json.loads(snap.schema_json))
+    if not snap.file_uris:
+        return spark.createDataFrame([], schema), snap
+    df = (
+        spark.read.schema(schema)
+        .option("basePath", _spark_path(snap.table_uri))
+        .parquet(*[_spark_path(u) for u in snap.file_uris])
+    )
+    return df.select(*schema.fieldNames()), snap
+
+
+def write_parquet_files(df: DataFrame, table_uri: str, partition_by: Sequence[str] = ()) -> list[DataFile]:
+    """Have the tasks write ``df`` as Parquet files inside ``table_uri``; returns the files, not yet committed."""
+    missing = [c for c in partition_by if c not in df.columns]
+    if missing:
+        raise ValueError(f"partition columns {missing} are not in the DataFrame ({df.columns})")
+    writer = ParquetFileWriter(table_uri=table_uri, partition_by=tuple(partition_by), write_id=uuid.uuid4().hex[:12])
+    return [
+        DataFile(
+            path=r["path"],
+            size=r["size"],
+            num_records=r["num_records"],
+            partition_values=json.loads(r["partition_values"]),
+            modification_time_ms=r["modification_time_ms"],
+        )
+        for r in df.mapInArrow(writer, FILE_REPORT_DDL).collect()
+    ]
+
+
+def write_to_delta(
+    df: DataFrame,
+    store: DeltaStore,
+    key: str,
+    *,
+    commit: CommitInfo,
+    partition_by: Sequence[str] = (),
+    replace_partitions: Mapping[str, str] | None = None,
+    app_id: str | None = None,
+    app_version: int = 0,
+) -> int:
+    """Write ``df`` into the Delta table ``key`` as one commit; returns the version that holds it."""
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    if app_id is not None and (store.app_version(key, app_id) or -1) >= app_version:
+        return store.version(key)  # this write already landed: do not write its files again
+    files = write_parquet_files(df, store.table_uri(key), partition_by)
+    return store.commit_files(
+        key,
+        files,
+        schema=to_arrow_schema(df.schema),
+        commit=commit,
+        partition_by=partition_by,
+        replace_partitions=replace_partitions,
+        app_id=app_id,
+        app_version=app_version,
+    )
