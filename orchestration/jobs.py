@@ -2,11 +2,8 @@
 
 import dagster as dg
 
-from assets.partitions import corpus_sources
-
 ingest_corpus_job = dg.define_asset_job(
     "ingest_corpus",
     selection=dg.AssetSelection.groups("corpus"),
-    partitions_def=corpus_sources,
     description="Ingest one corpus source (a partition) into corpus/documents and corpus/rejects.",
 )

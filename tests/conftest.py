@@ -1,0 +1,81 @@
+"""Shared fixtures: a Delta store in a temporary folder, one local Spark session, the sample corpora, bad input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from cpt.delta_store import CommitInfo, DeltaStore
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> DeltaStore:
+    return DeltaStore(str(tmp_path / "delta"))
+
+
+@pytest.fixture
+def commit() -> CommitInfo:
+    return CommitInfo(
+        run_id="run-1",
+        asset_key="test/table",
+        code_version="v1",
+        config_hash="abc",
+        partition="p",
+        input_versions={"corpus/documents": 7},
+    )
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from spark_jobs.session import SparkSettings, build_session
+
+    session = build_session(SparkSettings(master="local[2]", shuffle_partitions=2, app_name="cptdata-tests"))
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def corpora_dir() -> Path:
+    path = Path(os.environ.get("CPTDATA_CORPORA", REPO.parent / "shared" / "corpora")).resolve()
+    if not (path / "med_medquad.jsonl.gz").exists():
+        pytest.fail(f"sample corpora not found at {path}; set CPTDATA_CORPORA")
+    return path
+
+
+GOOD = [
+    {"id": "g1", "group": "A", "text": "First good document.\r\nSecond line."},
+    {"id": "g2", "group": "A", "text": "Second good document."},
+    {"id": "g3", "group": "B", "text": "Cafe\u0301 au lait"},  # NFD: normalised to NFC
+    {"id": 4, "group": 7, "text": "  Third good one, integer id and group.  "},
+]
+# Each bad line, with the reason it must be quarantined under.
+BAD = [
+    (b'{"id": "b1", "group": "A", "text": "unterminated', "invalid_json"),
+    (b'{"id": "b2", "group": "A", "text": "caf\xe9 latin-1"}', "invalid_utf8"),
+    (b'{"id": "b3", "group": "A"}', "missing_text"),
+    (b'{"id": "b4", "group": "A", "text": "   \\n  "}', "empty_text"),
+    (b'{"id": "b5", "group": "A", "text": 42}', "wrong_type"),
+    (b'["a", "list"]', "not_an_object"),
+    (b'{"id": "b7", "group": "A", "text": "lone \\ud800 surrogate"}', "invalid_utf8"),
+    (b'{"id": "b8", "text": "no group field"}', "missing_group"),
+    (b'{"id": "b9", "group": ["x"], "text": "group is a list"}', "wrong_type"),
+]
+TRUNCATED_LINE = json.dumps({"id": "t1", "group": "C", "text": "x" * 4000}).encode()
+
+
+def write_malformed_jsonl_gz(path: Path) -> Path:
+    """Good lines, every kind of bad line, a duplicate, then a second gzip member cut off mid-stream."""
+    lines = [json.dumps(g).encode() for g in GOOD[:2]]
+    lines += [b for b, _ in BAD]
+    lines += [json.dumps(GOOD[0]).encode()]  # exact duplicate of the first document
+    lines += [json.dumps(g).encode() for g in GOOD[2:]]
+    complete = gzip.compress(b"\n".join(lines) + b"\n", mtime=0)
+    tail = gzip.compress(TRUNCATED_LINE + b"\n", mtime=0)
+    path.write_bytes(complete + tail[: len(tail) - 12])  # no trailer, last block cut
+    return path

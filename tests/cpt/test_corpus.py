@@ -1,0 +1,130 @@
+import gzip
+import json
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from cpt.corpus.ingest import assign_split, ingest_source, normalise_text
+from cpt.corpus.quality import duplicate_count, empty_text_count, schema_differences
+from cpt.corpus.schema import DOCUMENTS_SCHEMA
+from cpt.corpus.sources import SourceSpec, SourceUnreadableError, landing_sources
+from cpt.hashing import content_id
+from tests.conftest import BAD, GOOD, TRUNCATED_LINE, write_malformed_jsonl_gz
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def ingest(spec):
+    return ingest_source(spec, run_id="r", ingested_at=NOW)
+
+
+def spec(path, fmt="jsonl.gz", **kw):
+    kw.setdefault("group_field", "group")
+    return SourceSpec(name="src", path=str(path), format=fmt, role="domain", **kw)
+
+
+def test_malformed_file_keeps_good_lines_and_quarantines_each_bad_one(tmp_path):
+    result = ingest(spec(write_malformed_jsonl_gz(tmp_path / "bad.jsonl.gz"), split="train"))
+    texts = sorted(result.documents.column("text").to_pylist())
+    assert texts == sorted(normalise_text(g["text"]) for g in GOOD)
+    rejects = result.rejects.to_pylist()
+    assert [r["reason"] for r in rejects] == [reason for _, reason in BAD] + ["truncated_gzip"]
+    assert [r["raw"] for r in rejects[: len(BAD)]] == [line for line, _ in BAD]
+    truncated = rejects[-1]
+    assert truncated["raw"] and TRUNCATED_LINE.startswith(truncated["raw"])  # the partial line is kept, not lost
+    assert all(r["detail"] for r in rejects)
+    stats = result.stats
+    assert (stats.documents, stats.duplicates_dropped, stats.rejects) == (len(GOOD), 1, len(BAD) + 1)
+    assert stats.records_read == len(GOOD) + 1 + len(BAD) + 1
+    assert result.documents.schema == DOCUMENTS_SCHEMA
+
+
+def test_documents_are_normalised_hashed_and_counted(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_text("\n".join(json.dumps(g) for g in GOOD) + "\n\n")
+    docs = {d["source_record_id"]: d for d in ingest(spec(path, "jsonl")).documents.to_pylist()}
+    assert docs["g1"]["text"] == "First good document.\nSecond line."
+    assert docs["g3"]["text"] == "Café au lait" and len(docs["g3"]["text"]) == 12  # NFC: é is one code point
+    assert docs["4"]["text"] == "Third good one, integer id and group." and docs["4"]["group_id"] == "7"
+    assert docs["g1"]["doc_id"] == content_id("First good document.\nSecond line.")
+    assert (docs["g1"]["n_lines"], docs["g1"]["n_words"]) == (2, 5)
+    assert docs["g3"]["n_bytes"] == len("Café au lait".encode())
+
+
+def test_split_is_drawn_per_group_and_stable(tmp_path):
+    records = [{"group": f"g{i % 40}", "text": f"document {i}"} for i in range(400)]
+    path = tmp_path / "many.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records))
+    docs = ingest(spec(path, "jsonl", eval_fraction=0.3)).documents.to_pylist()
+    split_of_group: dict[str, set[str]] = {}
+    for d in docs:
+        split_of_group.setdefault(d["group_id"], set()).add(d["split"])
+    assert all(len(s) == 1 for s in split_of_group.values())  # a group never straddles the split
+    eval_groups = sum(s == {"eval"} for s in split_of_group.values())
+    assert 4 <= eval_groups <= 20  # ~30 % of 40 groups
+    again = ingest(spec(path, "jsonl", eval_fraction=0.3)).documents.to_pylist()
+    assert [d["split"] for d in again] == [d["split"] for d in docs]
+    s = spec(path, "jsonl")
+    assert assign_split("any", SourceSpec(**{**vars(s), "split": "eval"})) == "eval"
+
+
+def test_parquet_and_text_folder_sources(tmp_path):
+    pq.write_table(pa.table({"body": ["one doc", None, "two doc"], "group": ["a", "b", "c"]}), tmp_path / "p.parquet")
+    result = ingest(spec(tmp_path / "*.parquet", "parquet", text_field="body", id_field=None))
+    assert sorted(result.documents.column("text").to_pylist()) == ["one doc", "two doc"]
+    assert result.rejects.column("reason").to_pylist() == ["missing_text"]
+
+    folder = tmp_path / "texts"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_text("alpha")
+    (folder / "sub" / "b.txt").write_text("beta")
+    (folder / "bad.txt").write_bytes(b"\xff\xfe broken")
+    (folder / "ignored.md").write_text("not a txt")
+    result = ingest(SourceSpec(name="t", path=str(folder), format="text_dir", role="general"))
+    docs = {d["source_record_id"]: d["text"] for d in result.documents.to_pylist()}
+    assert docs == {"a.txt": "alpha", "sub/b.txt": "beta"}
+    assert result.rejects.column("reason").to_pylist() == ["invalid_utf8"]
+
+
+def test_an_unreadable_source_fails_with_its_name(tmp_path):
+    with pytest.raises(SourceUnreadableError, match=r"'src'.*CPTDATA_CORPORA"):
+        ingest(spec(tmp_path / "missing.jsonl.gz"))
+    (tmp_path / "plain.jsonl.gz").write_text('{"text": "not compressed"}')
+    with pytest.raises(SourceUnreadableError, match="not gzip"):
+        ingest(spec(tmp_path / "plain.jsonl.gz"))
+    pq.write_table(pa.table({"other": ["x"]}), tmp_path / "p.parquet")
+    with pytest.raises(SourceUnreadableError, match="no column 'text'"):
+        ingest(spec(tmp_path / "p.parquet", "parquet"))
+
+
+def test_multi_member_gzip_is_read_whole(tmp_path):
+    path = tmp_path / "multi.jsonl.gz"
+    path.write_bytes(gzip.compress(b'{"text": "one"}\n') + gzip.compress(b'{"text": "two"}'))
+    result = ingest(spec(path, group_field=None))
+    assert sorted(result.documents.column("text").to_pylist()) == ["one", "two"]
+    assert result.rejects.num_rows == 0
+
+
+def test_landing_folder_becomes_sources(tmp_path):
+    (tmp_path / "domain").mkdir()
+    (tmp_path / "general" / "essays").mkdir(parents=True)
+    (tmp_path / "domain" / "New Notes.jsonl.gz").write_bytes(b"")
+    (tmp_path / "domain" / "table.parquet").write_bytes(b"")
+    (tmp_path / "domain" / ".hidden.jsonl").write_bytes(b"")
+    specs = {s.name: (s.format.value, s.role.value) for s in landing_sources(tmp_path)}
+    assert specs == {
+        "domain-New-Notes": ("jsonl.gz", "domain"),
+        "domain-table": ("parquet", "domain"),
+        "general-essays": ("text_dir", "general"),
+    }
+
+
+def test_quality_measures():
+    assert duplicate_count(pa.array(["a", "b", "a", "a"])) == 2
+    assert empty_text_count(pa.array(["x", " \n", None, ""])) == 3
+    wrong = pa.schema([("doc_id", pa.int64()), ("extra", pa.string())])
+    problems = schema_differences(wrong, pa.schema([("doc_id", pa.string()), ("text", pa.large_string())]))
+    assert problems == ["doc_id: int64 instead of string", "missing column text", "unexpected column extra"]
+    assert schema_differences(pa.schema([("t", pa.large_string())]), pa.schema([("t", pa.string())])) == []

@@ -1,0 +1,106 @@
+"""The code location: what it contains (a snapshot to review on change), profiles, sensor and schedule."""
+
+import json
+from datetime import UTC, datetime
+
+import dagster as dg
+import pytest
+
+from assets.partitions import corpus_sources
+from orchestration.definitions import build_definitions
+from orchestration.profiles import load_profile
+from orchestration.schedules import daily_corpus_build
+from orchestration.sensors import corpus_landing_sensor
+
+GRAPH = {
+    "corpus/documents": {"group": "corpus", "partitions": "corpus_sources", "deps": []},
+    "corpus/rejects": {"group": "corpus", "partitions": "corpus_sources", "deps": []},
+}
+CHECKS = {
+    "corpus/documents:non_empty_text",
+    "corpus/documents:reject_rate_below_threshold",
+    "corpus/documents:schema_matches_contract",
+    "corpus/documents:unique_doc_ids",
+}
+
+
+def test_asset_graph_snapshot(tmp_path):
+    defs = build_definitions({"CPTDATA_HOME": str(tmp_path)})
+    graph = defs.resolve_asset_graph()
+    snapshot = {
+        key.to_user_string(): {
+            "group": graph.get(key).group_name,
+            "partitions": graph.get(key).partitions_def.name,
+            "deps": sorted(p.to_user_string() for p in graph.get(key).parent_keys),
+        }
+        for key in graph.get_all_asset_keys()
+    }
+    assert snapshot == GRAPH
+    checks = {f"{k.asset_key.to_user_string()}:{k.name}" for k in graph.asset_check_keys}
+    assert checks == CHECKS
+    assert all(graph.get_check_spec(k).blocking for k in graph.asset_check_keys)
+    assert {j.name for j in defs.jobs} >= {"ingest_corpus"}
+    assert {s.name for s in defs.sensors} == {"corpus_landing_sensor"}
+    assert {s.name for s in defs.schedules} == {"daily_corpus_build"}
+
+
+def test_profiles_are_chosen_by_one_variable(tmp_path):
+    quick = load_profile({"CPTDATA_HOME": str(tmp_path)})
+    assert quick.name == "quickstart"
+    assert quick.delta.root_uri == str(tmp_path / "delta")
+    assert quick.mlflow.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert quick.spark.master == "local[2]"
+    assert {s.name for s in quick.catalog.sources} == {
+        "med_medquad",
+        "med_abstracts",
+        "gen_sotu",
+        "gen_austen",
+        "gen_moby_dick",
+    }
+    cluster = load_profile(
+        {
+            "CPTDATA_PROFILE": "cluster",
+            "CPTDATA_DELTA_ROOT": "s3://bucket/cpt",
+            "CPTDATA_SPARK_CONNECT": "sc://spark:15002",
+            "MLFLOW_TRACKING_URI": "http://mlflow:5000",
+        }
+    )
+    assert (cluster.delta.root_uri, cluster.spark.connect_url) == ("s3://bucket/cpt", "sc://spark:15002")
+    with pytest.raises(ValueError, match="CPTDATA_DELTA_ROOT"):
+        load_profile({"CPTDATA_PROFILE": "cluster"})
+    with pytest.raises(ValueError, match="quickstart, smollm2, cluster"):
+        load_profile({"CPTDATA_PROFILE": "laptop"})
+
+
+def test_landing_sensor_registers_new_files_and_requests_their_runs(tmp_path):
+    landing = tmp_path / "landing"
+    (landing / "domain").mkdir(parents=True)
+    sources = tmp_path / "sources.json"
+    sources.write_text("[]")
+    defs = build_definitions({"CPTDATA_HOME": str(tmp_path), "CPTDATA_SOURCES": str(sources)})
+    catalog = defs.resources["catalog"]
+    with dg.DagsterInstance.ephemeral() as instance:
+        ctx = dg.build_sensor_context(instance=instance, resources={"catalog": catalog})
+        assert isinstance(corpus_landing_sensor(ctx), dg.SkipReason)
+
+        (landing / "domain" / "notes.jsonl").write_text(json.dumps({"text": "hello"}) + "\n")
+        result = corpus_landing_sensor(dg.build_sensor_context(instance=instance, resources={"catalog": catalog}))
+        assert [r.partition_key for r in result.run_requests] == ["domain-notes"]
+        assert result.dynamic_partitions_requests[0].partition_keys == ["domain-notes"]
+        instance.add_dynamic_partitions(corpus_sources.name, ["domain-notes"])
+
+        again = dg.build_sensor_context(instance=instance, cursor=result.cursor, resources={"catalog": catalog})
+        assert isinstance(corpus_landing_sensor(again), dg.SkipReason)  # nothing new: no second run
+
+        (landing / "domain" / "notes.jsonl").write_text(json.dumps({"text": "hello, changed"}) + "\n")
+        changed = dg.build_sensor_context(instance=instance, cursor=result.cursor, resources={"catalog": catalog})
+        assert [r.partition_key for r in corpus_landing_sensor(changed).run_requests] == ["domain-notes"]
+
+
+def test_daily_schedule_rebuilds_every_registered_source():
+    with dg.instance_for_test() as instance:
+        ctx = dg.build_schedule_context(instance=instance, scheduled_execution_time=datetime(2026, 5, 1, 2, tzinfo=UTC))
+        assert isinstance(daily_corpus_build(ctx), dg.SkipReason)
+        instance.add_dynamic_partitions(corpus_sources.name, ["a", "b"])
+        runs = daily_corpus_build(ctx)
+        assert [(r.partition_key, r.run_key) for r in runs] == [("a", "2026-05-01:a"), ("b", "2026-05-01:b")]

@@ -1,0 +1,31 @@
+import sys
+
+import pytest
+
+from spark_jobs.session import SparkSettings, session_conf
+
+
+def test_local_sessions_bind_to_loopback_and_use_this_interpreter():
+    conf = session_conf(SparkSettings(master="local[3]"))
+    assert conf["spark.master"] == "local[3]"
+    assert conf["spark.driver.bindAddress"] == "127.0.0.1"
+    assert conf["spark.pyspark.python"] == sys.executable
+    assert conf["spark.sql.execution.arrow.pyspark.enabled"] == "true"
+
+
+def test_connect_sessions_set_no_master_and_gpu_amounts_are_passed():
+    conf = session_conf(
+        SparkSettings(connect_url="sc://127.0.0.1:15002", executor_gpus=4, task_gpus=1, gpu_discovery_script="/x.sh")
+    )
+    assert "spark.master" not in conf and "spark.pyspark.python" not in conf
+    assert conf["spark.executor.resource.gpu.amount"] == "4"
+    assert conf["spark.task.resource.gpu.amount"] == "1"
+    assert conf["spark.executor.resource.gpu.discoveryScript"] == "/x.sh"
+    with pytest.raises(ValueError, match="task_gpus"):
+        session_conf(SparkSettings(executor_gpus=1))
+
+
+@pytest.mark.spark
+def test_built_session_has_arrow_on(spark):
+    assert spark.conf.get("spark.sql.execution.arrow.pyspark.enabled") == "true"
+    assert spark.range(10).count() == 10
