@@ -3,16 +3,20 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+SHELL  := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 export SPARK_LOCAL_IP ?= 127.0.0.1
+# pip's configured find-links/extra-index locations that do not exist here are noise, not errors.
+QUIET_PIP := grep -v "^WARNING: Location" || true
 
 .PHONY: install demo test lint contracts defs pytest bench ui lock clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@command -v java >/dev/null || { echo "Java 17 is required for Spark (apt-get install openjdk-17-jre-headless)"; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip==25.3
+	$(BIN)/python -m pip install --quiet --upgrade pip==25.3 2>&1 | { $(QUIET_PIP); }
 	# torch is pinned to the CPU build in requirements.lock: the install never pulls a CUDA build.
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]' 2>&1 | { $(QUIET_PIP); }
 	@$(BIN)/python -c "import torch, sys; sys.exit('a CUDA build of torch was installed' if torch.version.cuda else 0)"
 	touch $(STAMP)
 

