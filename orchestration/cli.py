@@ -23,10 +23,10 @@ from orchestration.profiles import load_profile
 def _instance() -> dg.DagsterInstance:
     """The instance under $DAGSTER_HOME, defaulting to ``<CPTDATA_HOME>/dagster`` so the UI sees the same runs."""
     if not os.environ.get("DAGSTER_HOME"):
-        home = load_profile(os.environ).home / "dagster"
-        home.mkdir(parents=True, exist_ok=True)
-        os.environ["DAGSTER_HOME"] = str(home)
-    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+        os.environ["DAGSTER_HOME"] = str(load_profile(os.environ).home / "dagster")
+    home = Path(os.environ["DAGSTER_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").touch()  # an empty file: the default SQLite storage in this folder
     return dg.DagsterInstance.get()
 
 

@@ -20,7 +20,10 @@ if TYPE_CHECKING:
 
 
 def _spark_path(uri: str) -> str:
-    return f"file://{uri}" if uri.startswith("/") else uri
+    """A delta-rs file URI as Hadoop's file systems name it (local paths, and s3:// served by s3a)."""
+    if uri.startswith("/"):
+        return f"file://{uri}"
+    return "s3a://" + uri.removeprefix("s3://") if uri.startswith("s3://") else uri
 
 
 def read_snapshot(spark: SparkSession, store: DeltaStore, key: str, version: int | None) -> tuple[DataFrame, Snapshot]:
