@@ -1,10 +1,8 @@
 """Stage ``corpus``: declared sources → the ``corpus/documents`` Delta table; malformed records → ``corpus/rejects``."""
 
-import json
 from datetime import UTC, datetime
 
 import dagster as dg
-import pyarrow.compute as pc
 
 from assets.lineage import commit_info, counts_markdown, delta_metadata
 from assets.partitions import corpus_sources
@@ -12,7 +10,7 @@ from assets.resources import CorpusCatalogResource, DeltaStoreResource
 from cpt.corpus.ingest import IngestResult, ingest_source
 from cpt.corpus.quality import duplicate_count, empty_text_count, schema_differences
 from cpt.corpus.schema import DOCUMENTS_SCHEMA, PARTITION_COLUMN
-from cpt.corpus.sources import SourceUnreadableError
+from cpt.corpus.sources import SourceSpec, SourceUnreadableError
 from cpt.delta_store import DeltaStore, partition_predicate
 
 DOCUMENTS = dg.AssetKey(["corpus", "documents"])
@@ -35,6 +33,7 @@ CHECK_REJECT_RATE = "reject_rate_below_threshold"
             group_name="corpus",
             kinds={"delta", "python"},
             code_version="corpus-documents-v1",
+            skippable=True,  # not materialized when the candidate fails its checks
         ),
         dg.AssetSpec(
             REJECTS,
@@ -74,17 +73,26 @@ CHECK_REJECT_RATE = "reject_rate_below_threshold"
 def corpus_documents(context: dg.AssetExecutionContext, delta: DeltaStoreResource, catalog: CorpusCatalogResource):
     source = catalog.resolve(context.partition_key)
     context.log.info(f"ingesting {source.name!r} ({source.format.value}, {source.role.value}) from {source.path}")
+    store = delta.store()
+    base_version = store.version(DOCUMENTS_TABLE)
     try:
-        result = ingest_source(source, run_id=context.run.run_id, ingested_at=datetime.now(UTC))
+        result = ingest_source(
+            source,
+            run_id=context.run.run_id,
+            ingested_at=datetime.now(UTC),
+            other_sources_ids=_ids_of_other_sources(store, base_version, source.name),
+        )
     except SourceUnreadableError as exc:
         raise dg.Failure(description=str(exc), metadata={"source": source.name, "path": source.path}) from exc
     stats = result.stats
     context.log.info(
-        f"{source.name}: {stats.records_read} records → {stats.documents} documents, "
-        f"{stats.duplicates_dropped} duplicates dropped, {stats.rejects} rejected {dict(stats.rejects_by_reason)}"
+        f"{source.name}: {stats.records_read} records → {stats.documents} documents, {stats.duplicates_dropped} "
+        f"duplicates and {stats.cross_source_duplicates} texts of other sources dropped, {stats.rejects} rejected "
+        f"{dict(stats.rejects_by_reason)}"
     )
-    store = delta.store()
     predicate = partition_predicate({PARTITION_COLUMN: source.name})
+    # The quarantine is always recorded; the documents partition is replaced only when the candidate passes the
+    # checks, so a failed gate leaves it at its last good version (and the blocking check stops downstream work).
     rejects_version = store.overwrite(
         REJECTS_TABLE,
         result.rejects,
@@ -92,19 +100,30 @@ def corpus_documents(context: dg.AssetExecutionContext, delta: DeltaStoreResourc
         predicate=predicate,
         partition_by=[PARTITION_COLUMN],
     )
-    documents_version = store.overwrite(
-        DOCUMENTS_TABLE,
-        result.documents,
-        commit_info(context, DOCUMENTS, source),
-        predicate=predicate,
-        partition_by=[PARTITION_COLUMN],
-    )
-    yield dg.MaterializeResult(
-        asset_key=DOCUMENTS,
-        metadata=_documents_metadata(store, documents_version, result)
-        | {"source_spec": json.dumps({k: str(v) for k, v in vars(source).items()})},
-        check_results=_documents_checks(store, documents_version, source.name, result, catalog.max_reject_rate),
-    )
+    gate = _gate_checks(store, base_version, result, catalog.max_reject_rate)
+    if all(c.passed for c in gate):
+        documents_version = store.overwrite(
+            DOCUMENTS_TABLE,
+            result.documents,
+            commit_info(context, DOCUMENTS, source),
+            predicate=predicate,
+            partition_by=[PARTITION_COLUMN],
+        )
+        yield dg.MaterializeResult(
+            asset_key=DOCUMENTS,
+            metadata=_documents_metadata(store, documents_version, result, source),
+            check_results=[*gate, _unique_ids_check(store, documents_version)],
+        )
+    else:
+        failed = [c.check_name for c in gate if not c.passed]
+        context.log.error(f"{source.name}: checks {failed} failed; corpus/documents left at version {base_version}")
+        yield from gate
+        yield dg.AssetCheckResult(
+            check_name=CHECK_UNIQUE_IDS,
+            asset_key=DOCUMENTS,
+            passed=True,
+            metadata={"note": "not re-evaluated: nothing was written"},
+        )
     yield dg.MaterializeResult(
         asset_key=REJECTS,
         metadata=delta_metadata(
@@ -114,7 +133,14 @@ def corpus_documents(context: dg.AssetExecutionContext, delta: DeltaStoreResourc
     )
 
 
-def _documents_metadata(store: DeltaStore, version: int, result: IngestResult) -> dict:
+def _ids_of_other_sources(store: DeltaStore, version: int | None, source: str) -> frozenset[str]:
+    if version is None:
+        return frozenset()
+    ids = store.read(DOCUMENTS_TABLE, version, columns=["doc_id"], filters=[(PARTITION_COLUMN, "!=", source)])
+    return frozenset(ids.column("doc_id").to_pylist())
+
+
+def _documents_metadata(store: DeltaStore, version: int, result: IngestResult, source: SourceSpec) -> dict:
     stats = result.stats
     whole = store.read(DOCUMENTS_TABLE, version, columns=["role", "split"])
     by_role_split = (
@@ -129,33 +155,29 @@ def _documents_metadata(store: DeltaStore, version: int, result: IngestResult) -
         "partition_documents_by_split": dict(stats.documents_by_split),
         "records_read": stats.records_read,
         "duplicates_dropped": stats.duplicates_dropped,
+        "cross_source_duplicates": stats.cross_source_duplicates,
         "rejects": stats.rejects,
         "reject_rate": stats.reject_rate,
         "source_files": dg.MetadataValue.json(list(stats.files)),
+        "source_spec": dg.MetadataValue.json({k: str(v) for k, v in vars(source).items()}),
     }
 
 
-def _documents_checks(
-    store: DeltaStore, version: int, source: str, result: IngestResult, max_reject_rate: float
+def _gate_checks(
+    store: DeltaStore, base_version: int | None, result: IngestResult, max_reject_rate: float
 ) -> list[dg.AssetCheckResult]:
-    table = store.read(DOCUMENTS_TABLE, version, columns=["doc_id", "source", "text"])
-    dupes = duplicate_count(table["doc_id"])
-    mine = table.filter(pc.equal(table["source"], source))
-    empty = empty_text_count(mine["text"])
-    differences = schema_differences(store.snapshot(DOCUMENTS_TABLE, version).schema, DOCUMENTS_SCHEMA)
-    rate = result.stats.reject_rate
+    """The checks a candidate partition must pass before it replaces the committed one."""
+    empty = empty_text_count(result.documents["text"])
+    table_schema = store.snapshot(DOCUMENTS_TABLE, base_version).schema if base_version is not None else None
+    differences = schema_differences(table_schema or result.documents.schema, DOCUMENTS_SCHEMA)
+    stats = result.stats
+    no_documents = stats.documents == 0 and stats.rejects > 0
     return [
-        dg.AssetCheckResult(
-            check_name=CHECK_UNIQUE_IDS,
-            asset_key=DOCUMENTS,
-            passed=dupes == 0,
-            metadata={"duplicate_ids": dupes, "rows": table.num_rows, "delta_version": version},
-        ),
         dg.AssetCheckResult(
             check_name=CHECK_NON_EMPTY_TEXT,
             asset_key=DOCUMENTS,
             passed=empty == 0,
-            metadata={"empty_texts": empty, "partition_rows": mine.num_rows},
+            metadata={"empty_texts": empty, "partition_rows": result.documents.num_rows},
         ),
         dg.AssetCheckResult(
             check_name=CHECK_SCHEMA,
@@ -166,11 +188,23 @@ def _documents_checks(
         dg.AssetCheckResult(
             check_name=CHECK_REJECT_RATE,
             asset_key=DOCUMENTS,
-            passed=rate <= max_reject_rate,
+            passed=stats.reject_rate <= max_reject_rate and not no_documents,
+            description="every record was rejected: is text_field right?" if no_documents else None,
             metadata={
-                "reject_rate": rate,
+                "reject_rate": stats.reject_rate,
                 "max_reject_rate": max_reject_rate,
-                "rejects_by_reason": dict(result.stats.rejects_by_reason),
+                "rejects_by_reason": dict(stats.rejects_by_reason),
             },
         ),
     ]
+
+
+def _unique_ids_check(store: DeltaStore, version: int) -> dg.AssetCheckResult:
+    ids = store.read(DOCUMENTS_TABLE, version, columns=["doc_id"])["doc_id"]
+    dupes = duplicate_count(ids)
+    return dg.AssetCheckResult(
+        check_name=CHECK_UNIQUE_IDS,
+        asset_key=DOCUMENTS,
+        passed=dupes == 0,
+        metadata={"duplicate_ids": dupes, "rows": len(ids), "delta_version": version},
+    )

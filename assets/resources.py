@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import dagster as dg
 from pydantic import Field
 
-from cpt.corpus.sources import SourceSpec, landing_sources
+from cpt.corpus.sources import LandingScan, SourceSpec, landing_sources
 from cpt.delta_store import DeltaStore
 from spark_jobs.session import SparkSettings, build_session
 
@@ -98,8 +98,10 @@ class CorpusCatalogResource(dg.ConfigurableResource):
 
     def specs(self) -> dict[str, SourceSpec]:
         declared = {s.name: s.spec() for s in self.sources}
-        landed = {s.name: s for s in landing_sources(Path(self.landing_dir)) if s.name not in declared}
-        return declared | landed
+        return declared | {s.name: s for s in self.landing().sources}
+
+    def landing(self) -> LandingScan:
+        return landing_sources(Path(self.landing_dir), taken=frozenset(s.name for s in self.sources))
 
     def resolve(self, name: str) -> SourceSpec:
         specs = self.specs()

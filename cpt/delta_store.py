@@ -13,18 +13,22 @@ actions of a snapshot are the whole truth about which Parquet files hold its row
 from __future__ import annotations
 
 import json
+import random
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote
 
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
-from deltalake.exceptions import TableNotFoundError
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from deltalake.transaction import AddAction, create_table_with_add_actions
 
 COMMIT_ID_KEY = "cptdata.commit_id"
+COMMIT_ATTEMPTS = 6
 
 
 class DeltaStoreError(RuntimeError):
@@ -128,11 +132,13 @@ class DeltaStore:
         key: str | Sequence[str],
         version: int | None = None,
         columns: Sequence[str] | None = None,
-        partitions: Sequence[tuple[str, str, Any]] | None = None,
+        filters: Sequence[tuple[str, str, Any]] | None = None,
     ) -> pa.Table:
-        """Rows of a table at a pinned version (latest if None), optionally pruned to some partitions."""
+        """Rows of a table at a pinned version (latest if None), optionally filtered (``[("source", "=", "a")]``)."""
         dt = self.table(key, version)
-        return dt.to_pyarrow_table(columns=list(columns) if columns else None, partitions=partitions)
+        return dt.to_pyarrow_table(
+            columns=list(columns) if columns else None, filters=list(filters) if filters else None
+        )
 
     def app_version(self, key: str | Sequence[str], app_id: str) -> int | None:
         """The last version an application transaction ``app_id`` committed to the table (None if never)."""
@@ -174,9 +180,28 @@ class DeltaStore:
         Every row of ``data`` must match the predicate; delta-rs refuses the commit otherwise, which is what keeps a
         partition-scoped rewrite from touching anything outside its partition.
         """
-        if predicate is not None and not self.exists(key):
-            return self._write(key, data, commit, mode="append", partition_by=partition_by)
+        if predicate is not None:
+            self.ensure_table(key, data.schema, partition_by, commit)
         return self._write(key, data, commit, mode="overwrite", partition_by=partition_by, predicate=predicate)
+
+    def ensure_table(
+        self, key: str | Sequence[str], schema: pa.Schema, partition_by: Sequence[str] | None, commit: CommitInfo
+    ) -> None:
+        """Create the table empty if it does not exist; safe when several writers race to create it."""
+        if self.exists(key):
+            return
+        try:
+            DeltaTable.create(
+                self.table_uri(key),
+                _delta_schema(schema),
+                mode="ignore",
+                partition_by=list(partition_by) if partition_by else None,
+                storage_options=self.storage_options,
+                commit_properties=CommitProperties(custom_metadata=commit.custom_metadata(uuid.uuid4().hex)),
+            )
+        except Exception:
+            if not self.exists(key):  # lost a race to a concurrent creator: fine; anything else is an error
+                raise
 
     def merge(
         self,
@@ -210,6 +235,13 @@ class DeltaStore:
         )
         return self._version_of(key, commit_id)
 
+    def already_committed(self, key: str | Sequence[str], app_id: str | None, app_version: int) -> bool:
+        """Whether the application transaction (app_id, app_version) — or a later one — has landed in the table."""
+        if app_id is None:
+            return False
+        landed = self.app_version(key, app_id)
+        return landed is not None and landed >= app_version
+
     def commit_files(
         self,
         key: str | Sequence[str],
@@ -224,19 +256,30 @@ class DeltaStore:
     ) -> int:
         """Commit Parquet files already written inside the table folder as one transaction.
 
-        ``replace_partitions`` turns the append into an overwrite of that partition. Retrying is safe: files the
-        table already holds are not added twice, and with ``app_id`` a transaction whose (app_id, app_version) was
-        already committed is a no-op. Returns the table version that holds the files.
+        ``replace_partitions`` turns the append into an overwrite of that partition (every file must belong to it).
+        Retrying is safe: with ``app_id``, a transaction whose (app_id, app_version) already landed is a no-op;
+        without it, files the table already holds are not added twice, and a replace whose files are all in the
+        table already has happened. Returns the table version that holds the files.
         """
+        if replace_partitions is not None:
+            strangers = [f.path for f in files if dict(f.partition_values) != dict(replace_partitions)]
+            if strangers:
+                raise DeltaStoreError(f"files outside the replaced partition {dict(replace_partitions)}: {strangers}")
         table_exists = self.exists(key)
         if table_exists:
+            if self.already_committed(key, app_id, app_version):
+                return self.table(key).version()
             dt = self.table(key)
-            if app_id is not None and (self.app_version(key, app_id) or -1) >= app_version:
-                return dt.version()
-            present = set(dt.get_add_actions(flatten=True).column("path").to_pylist())
-            files = [f for f in files if f.path not in present]
-            if not files and replace_partitions is None:
-                return dt.version()
+            present = {unquote(p) for p in dt.get_add_actions(flatten=True).column("path").to_pylist()}
+            new_files = [f for f in files if unquote(f.path) not in present]
+            if replace_partitions is None:
+                files = new_files
+                if not files:
+                    return dt.version()
+            elif files and not new_files:
+                return dt.version()  # this replace has already landed
+            elif len(new_files) != len(files):
+                raise DeltaStoreError("some of the files of this replace are already in the table, some are not")
         commit_id = uuid.uuid4().hex
         properties = CommitProperties(
             custom_metadata=commit.custom_metadata(commit_id),
@@ -277,21 +320,38 @@ class DeltaStore:
         predicate: str | None = None,
     ) -> int:
         commit_id = uuid.uuid4().hex
-        write_deltalake(
-            self.table_uri(key),
-            data,
-            mode=mode,
-            predicate=predicate,
-            partition_by=list(partition_by) if partition_by else None,
-            storage_options=self.storage_options,
-            commit_properties=CommitProperties(custom_metadata=commit.custom_metadata(commit_id)),
-        )
+        for attempt in range(COMMIT_ATTEMPTS):
+            try:
+                write_deltalake(
+                    self.table_uri(key),
+                    data,
+                    mode=mode,
+                    predicate=predicate,
+                    partition_by=list(partition_by) if partition_by else None,
+                    storage_options=self.storage_options,
+                    commit_properties=CommitProperties(custom_metadata=commit.custom_metadata(commit_id)),
+                )
+                break
+            except CommitFailedError:
+                # A concurrent writer won the race (delta-rs already retried what it could). Nothing of ours landed,
+                # and an append or a partition-scoped overwrite means the same on a newer snapshot: try again.
+                if attempt + 1 == COMMIT_ATTEMPTS:
+                    raise
+                time.sleep(random.uniform(0.05, 0.2) * 2**attempt)
         return self._version_of(key, commit_id)
 
     def _version_of(self, key: str | Sequence[str], commit_id: str, search_depth: int = 100) -> int:
-        for entry in self.table(key).history(search_depth):
-            if entry.get(COMMIT_ID_KEY) == commit_id:
-                return int(entry["version"])
+        # delta-rs numbers history entries down from the snapshot's version, so a commit landing while the history
+        # is listed shifts the numbers: only trust a listing taken while the table did not move.
+        for _ in range(20):
+            dt = self.table(key)
+            entries = dt.history(search_depth)
+            if self.table(key).version() != dt.version() or entries[0]["version"] != dt.version():
+                continue
+            for entry in entries:
+                if entry.get(COMMIT_ID_KEY) == commit_id:
+                    return int(entry["version"])
+            break
         raise DeltaStoreError(f"commit {commit_id} not found in the last {search_depth} versions of {key}")
 
 

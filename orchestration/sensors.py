@@ -29,6 +29,8 @@ def _fingerprint(spec: SourceSpec) -> str:
 def corpus_landing_sensor(context: dg.SensorEvaluationContext, catalog: CorpusCatalogResource):
     seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
     specs = catalog.specs()
+    for name, paths in catalog.landing().conflicts.items():
+        context.log.warning(f"landing files {list(paths)} all map to source {name!r}: none is ingested; rename them")
     registered = set(context.instance.get_dynamic_partitions(corpus_sources.name))
     new_partitions = sorted(set(specs) - registered)
     runs = []

@@ -74,7 +74,7 @@ def write_to_delta(
     """Write ``df`` into the Delta table ``key`` as one commit; returns the version that holds it."""
     from pyspark.sql.pandas.types import to_arrow_schema
 
-    if app_id is not None and (store.app_version(key, app_id) or -1) >= app_version:
+    if store.already_committed(key, app_id, app_version):
         return store.version(key)  # this write already landed: do not write its files again
     files = write_parquet_files(df, store.table_uri(key), partition_by)
     return store.commit_files(

@@ -25,7 +25,13 @@ FILE_REPORT_DDL = "path string, size long, num_records long, partition_values st
 
 
 def partition_dir(values: Mapping[str, str | None]) -> str:
-    """Hive-style folder of a partition: ``source=a%2Fb/lang=en``."""
+    """Hive-style folder of a partition: ``source=a%2Fb/lang=en``.
+
+    Non-ASCII values are refused: Spark decodes ``%XX`` escapes byte by byte, so they would not read back intact.
+    """
+    for col, val in values.items():
+        if val is not None and not val.isascii():
+            raise ValueError(f"partition value {val!r} of {col!r} is not ASCII; Spark would not read it back intact")
     return "/".join(f"{col}={HIVE_NULL if val is None else quote(val, safe='')}" for col, val in values.items())
 
 
@@ -71,7 +77,12 @@ def _split_by(table: pa.Table, columns: Sequence[str]) -> Iterator[tuple[dict[st
     for key in keys:
         mask = None
         for col, val in key.items():
-            cond = pc.is_null(table[col]) if val is None else pc.equal(table[col], val)
+            if val is None:
+                cond = pc.is_null(table[col])
+            elif isinstance(val, float) and val != val:  # NaN equals nothing, itself included
+                cond = pc.is_nan(table[col])
+            else:
+                cond = pc.equal(table[col], val)
             mask = cond if mask is None else pc.and_(mask, cond)
         values = {col: None if key[col] is None else str(key[col]) for col in columns}
         yield values, table.filter(mask)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -91,9 +92,10 @@ def _scalar_field(fields: Mapping[str, object], name: str | None) -> str | None 
 @dataclass(frozen=True)
 class IngestStats:
     files: tuple[str, ...]
-    records_read: int  # every record seen: documents + duplicates + rejects
+    records_read: int  # every record seen: documents + both kinds of duplicates + rejects
     documents: int
-    duplicates_dropped: int
+    duplicates_dropped: int  # exact duplicates of an earlier record of this source
+    cross_source_duplicates: int  # texts another source already holds (each text lives in one source only)
     rejects_by_reason: Mapping[str, int]
     documents_by_split: Mapping[str, int]
 
@@ -113,12 +115,19 @@ class IngestResult:
     stats: IngestStats
 
 
-def ingest_source(spec: SourceSpec, *, run_id: str, ingested_at: datetime) -> IngestResult:
-    """Read, validate, normalise, deduplicate and split every record of one source."""
+def ingest_source(
+    spec: SourceSpec, *, run_id: str, ingested_at: datetime, other_sources_ids: AbstractSet[str] = frozenset()
+) -> IngestResult:
+    """Read, validate, normalise, deduplicate and split every record of one source.
+
+    ``other_sources_ids`` are the document ids other sources already hold: such texts are dropped and counted, so a
+    document id is unique in the whole table and one text can never be training data in one source and evaluation
+    data in another.
+    """
     docs: dict[str, Document] = {}
     rejects: list[Reject] = []
     files: set[str] = set()
-    seen = duplicates = 0
+    seen = duplicates = elsewhere = 0
     for item in read_source(spec):
         seen += 1
         files.add(item.file)
@@ -127,6 +136,8 @@ def ingest_source(spec: SourceSpec, *, run_id: str, ingested_at: datetime) -> In
             rejects.append(result)
         elif result.doc_id in docs:
             duplicates += 1  # an exact duplicate of an earlier record: the first occurrence is kept
+        elif result.doc_id in other_sources_ids:
+            elsewhere += 1
         else:
             docs[result.doc_id] = result
     stats = IngestStats(
@@ -134,6 +145,7 @@ def ingest_source(spec: SourceSpec, *, run_id: str, ingested_at: datetime) -> In
         records_read=seen,
         documents=len(docs),
         duplicates_dropped=duplicates,
+        cross_source_duplicates=elsewhere,
         rejects_by_reason=dict(sorted(Counter(r.reason.value for r in rejects).items())),
         documents_by_split=dict(sorted(Counter(d.split for d in docs.values()).items())),
     )

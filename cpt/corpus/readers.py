@@ -17,7 +17,7 @@ from typing import Any
 from cpt.corpus.sources import SourceFormat, SourceSpec, SourceUnreadableError, source_files
 
 GZIP_MAGIC = b"\x1f\x8b"
-READ_BLOCK = 1 << 20
+READ_BLOCK = 1 << 16
 
 
 class RejectReason(StrEnum):
@@ -99,29 +99,20 @@ def _plain_lines(path: Path) -> Iterator[tuple[int, bytes]]:
 
 
 def _gzip_lines(path: Path) -> Iterator[tuple[int, bytes | Reject]]:
-    """Lines of a (possibly multi-member) gzip file; a truncated or corrupt tail becomes a reject, keeping its bytes.
+    """Lines of a (possibly multi-member, zero-padded) gzip file; a truncated or corrupt tail becomes one reject that
+    keeps the bytes of the partial line, while every line decoded before the damage is still yielded.
 
-    Decompressing by hand rather than with ``gzip.open`` keeps the partial last line that a truncated stream ends
-    with, instead of losing it inside an ``EOFError``.
+    Decompressing by hand rather than with ``gzip.open`` keeps what a damaged stream still holds, instead of losing
+    it inside an ``EOFError``.
     """
     with path.open("rb") as fh:
         if fh.read(2) != GZIP_MAGIC:
             raise SourceUnreadableError(f"{path} is not gzip data (declared format jsonl.gz)")
         fh.seek(0)
-        decomp = zlib.decompressobj(wbits=31)
+        stream = _GzipStream()
         pending = b""
         position = 0
-        while True:
-            block = fh.read(READ_BLOCK)
-            try:
-                data = decomp.decompress(block) if block else b""
-                while decomp.eof and decomp.unused_data:  # the next gzip member
-                    rest = decomp.unused_data
-                    decomp = zlib.decompressobj(wbits=31)
-                    data += decomp.decompress(rest)
-            except zlib.error as exc:
-                yield position + 1, Reject(str(path), position + 1, RejectReason.CORRUPT_GZIP, str(exc), pending)
-                return
+        for data in stream.decompress(fh):
             pending += data
             *complete, pending = pending.split(b"\n")
             for line in complete:
@@ -130,13 +121,52 @@ def _gzip_lines(path: Path) -> Iterator[tuple[int, bytes | Reject]]:
                     line = line.removeprefix(b"\xef\xbb\xbf")
                 if line.strip():
                     yield position, line.rstrip(b"\r")
-            if not block:
-                break
-        if not decomp.eof:
-            detail = f"stream ends without its gzip trailer after {position} complete lines"
-            yield position + 1, Reject(str(path), position + 1, RejectReason.TRUNCATED_GZIP, detail, pending or None)
+        if stream.damage is not None:
+            reason, detail = stream.damage
+            detail = f"{detail} (after {position} complete lines)"
+            yield position + 1, Reject(str(path), position + 1, reason, detail, pending or None)
         elif pending.strip():
             yield position + 1, pending.rstrip(b"\r")
+
+
+class _GzipStream:
+    """Decompresses consecutive gzip members; afterwards ``damage`` says why the stream ended early, if it did."""
+
+    SALVAGE_STEP = 256  # after an error, re-feed the block in small pieces to recover what precedes the damage
+
+    def __init__(self) -> None:
+        self.damage: tuple[RejectReason, str] | None = None
+
+    def decompress(self, fh) -> Iterator[bytes]:
+        decomp = zlib.decompressobj(wbits=31)
+        buf = b""
+        while True:
+            if not buf:
+                buf = fh.read(READ_BLOCK)
+                if not buf:
+                    break
+            if decomp.eof:  # the previous member is complete: what follows is padding or the next member
+                buf = buf.lstrip(b"\0")
+                if not buf:
+                    continue
+                decomp = zlib.decompressobj(wbits=31)
+            before = decomp.copy()
+            try:
+                yield decomp.decompress(buf)
+            except zlib.error as exc:
+                yield from self._salvage(before, buf)
+                self.damage = (RejectReason.CORRUPT_GZIP, f"corrupt gzip data: {exc}")
+                return
+            buf = decomp.unused_data if decomp.eof else b""
+        if not decomp.eof:
+            self.damage = (RejectReason.TRUNCATED_GZIP, "stream ends without its gzip trailer")
+
+    def _salvage(self, decomp, buf: bytes) -> Iterator[bytes]:
+        for start in range(0, len(buf), self.SALVAGE_STEP):
+            try:
+                yield decomp.decompress(buf[start : start + self.SALVAGE_STEP])
+            except zlib.error:
+                return
 
 
 # ---- Parquet ---------------------------------------------------------------------------------------------------

@@ -84,12 +84,20 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "source"
 
 
-def landing_sources(landing_dir: Path) -> list[SourceSpec]:
-    """Sources for the files dropped in ``landing_dir/<role>/``: one source per file, named ``<role>-<file stem>``.
+@dataclass(frozen=True)
+class LandingScan:
+    sources: tuple[SourceSpec, ...]
+    conflicts: dict[str, tuple[str, ...]]  # source name → the files that would all map to it (none is ingested)
 
-    The format comes from the suffix; a subfolder of .txt files is a text_dir source. Anything else is ignored.
+
+def landing_sources(landing_dir: Path, taken: frozenset[str] = frozenset()) -> LandingScan:
+    """Sources for the files dropped in ``landing_dir/<role>/``: one per file, named ``<role>-<file stem>``.
+
+    The format comes from the suffix; a subfolder of .txt files is a text_dir source; anything else is ignored.
+    Files whose names collide (``my notes.jsonl`` and ``my-notes.jsonl``), or that would take a name in ``taken``
+    (declared sources), are reported as conflicts and ingested under no name, rather than one silently winning.
     """
-    specs: list[SourceSpec] = []
+    candidates: dict[str, list[SourceSpec]] = {}
     for role in CorpusRole:
         folder = landing_dir / role.value
         if not folder.is_dir():
@@ -99,8 +107,13 @@ def landing_sources(landing_dir: Path) -> list[SourceSpec]:
             if fmt is None:
                 continue
             stem = entry.name.removesuffix(".gz").rsplit(".", 1)[0] if entry.is_file() else entry.name
-            specs.append(SourceSpec(name=f"{role.value}-{slug(stem)}", path=str(entry), format=fmt, role=role))
-    return specs
+            spec = SourceSpec(name=f"{role.value}-{slug(stem)}", path=str(entry), format=fmt, role=role)
+            candidates.setdefault(spec.name, []).append(spec)
+    sources = tuple(specs[0] for name, specs in candidates.items() if len(specs) == 1 and name not in taken)
+    conflicts = {
+        name: tuple(s.path for s in specs) for name, specs in candidates.items() if len(specs) > 1 or name in taken
+    }
+    return LandingScan(sources, conflicts)
 
 
 def _landing_format(entry: Path) -> SourceFormat | None:

@@ -1,5 +1,6 @@
 """The corpus stage through Dagster: real runs of the ingestion job on a temporary instance and Delta root."""
 
+import gzip
 import json
 from pathlib import Path
 
@@ -70,15 +71,15 @@ def test_sample_corpora_ingest_and_rerun_idempotently(tmp_path, corpora_dir):
         assert "| domain | train |" in documents_meta["documents_by_role_and_split"].value
 
 
-def test_malformed_source_lands_in_rejects_and_fails_the_reject_rate_check(tmp_path):
-    bad = write_malformed_jsonl_gz(tmp_path / "bad.jsonl.gz")
+def test_a_failing_gate_keeps_the_last_good_partition_and_a_rerun_replaces_it(tmp_path):
+    landing = tmp_path / "data.jsonl.gz"
     sources = tmp_path / "sources.json"
     sources.write_text(
         json.dumps(
             [
                 {
-                    "name": "bad",
-                    "path": str(bad),
+                    "name": "src",
+                    "path": str(landing),
                     "format": "jsonl.gz",
                     "role": "domain",
                     "group_field": "group",
@@ -87,21 +88,61 @@ def test_malformed_source_lands_in_rejects_and_fails_the_reject_rate_check(tmp_p
             ]
         )
     )
-    defs = build_definitions(environment(tmp_path, CPTDATA_SOURCES=str(sources)))
     store = DeltaStore(str(tmp_path / "home" / "delta"))
+    strict = build_definitions(environment(tmp_path, CPTDATA_SOURCES=str(sources)))
+    lenient = build_definitions(environment(tmp_path, CPTDATA_SOURCES=str(sources), CPTDATA_MAX_REJECT_RATE="1"))
+    good = [{"group": "g", "text": f"good document {i}"} for i in range(3)]
     with dg.DagsterInstance.ephemeral() as instance:
-        result = run_partitions(defs, instance, ["bad"])["bad"]
-    # bad records never abort the good ones: both tables are written; the blocking check then fails the step
-    assert store.read(DOCUMENTS_TABLE).num_rows == len(GOOD)
-    assert {m.asset_key.path[1] for m in result.asset_materializations_for_node("corpus_documents")} == {
-        "documents",
-        "rejects",
-    }
-    assert not result.success
-    reasons = store.read(REJECTS_TABLE).column("reason").to_pylist()
-    assert sorted(reasons) == sorted([r for _, r in BAD] + ["truncated_gzip"])
-    outcome = checks(result)
-    assert outcome == {CHECK_UNIQUE_IDS: True, CHECK_NON_EMPTY_TEXT: True, CHECK_SCHEMA: True, CHECK_REJECT_RATE: False}
+        landing.write_bytes(gzip.compress("\n".join(json.dumps(g) for g in good).encode()))
+        assert run_partitions(strict, instance, ["src"])["src"].success
+        version = store.version(DOCUMENTS_TABLE)
+
+        write_malformed_jsonl_gz(landing)
+        failed = run_partitions(strict, instance, ["src"])["src"]
+        assert not failed.success and checks(failed)[CHECK_REJECT_RATE] is False
+        assert store.version(DOCUMENTS_TABLE) == version  # the documents table did not move
+        assert sorted(store.read(DOCUMENTS_TABLE).column("text").to_pylist()) == [g["text"] for g in good]
+        reasons = store.read(REJECTS_TABLE).column("reason").to_pylist()  # ... but the quarantine is recorded
+        assert sorted(reasons) == sorted([r for _, r in BAD] + ["truncated_gzip"])
+
+        accepted = run_partitions(lenient, instance, ["src"])["src"]  # bad records never abort the good ones
+        assert accepted.success and checks(accepted) == dict.fromkeys(
+            [CHECK_UNIQUE_IDS, CHECK_NON_EMPTY_TEXT, CHECK_SCHEMA, CHECK_REJECT_RATE], True
+        )
+        assert store.read(DOCUMENTS_TABLE).num_rows == len(GOOD)
+
+        landing.write_bytes(gzip.compress("\n".join(json.dumps(g) for g in good[:2]).encode()))
+        assert run_partitions(strict, instance, ["src"])["src"].success  # the partition is replaced exactly
+        assert sorted(store.read(DOCUMENTS_TABLE).column("text").to_pylist()) == [g["text"] for g in good[:2]]
+        assert store.read(REJECTS_TABLE).num_rows == 0
+
+
+def test_every_text_lives_in_one_source_only(tmp_path):
+    shared = {"text": "the same text in two sources"}
+    (tmp_path / "a.jsonl").write_text(json.dumps(shared) + "\n" + json.dumps({"text": "only in a"}))
+    (tmp_path / "b.jsonl").write_text(json.dumps(shared) + "\n" + json.dumps({"text": "only in b"}))
+    sources = tmp_path / "sources.json"
+    sources.write_text(
+        json.dumps(
+            [
+                {"name": "a", "path": str(tmp_path / "a.jsonl"), "format": "jsonl", "role": "domain", "split": "eval"},
+                {"name": "b", "path": str(tmp_path / "b.jsonl"), "format": "jsonl", "role": "domain", "split": "train"},
+            ]
+        )
+    )
+    defs = build_definitions(environment(tmp_path, CPTDATA_SOURCES=str(sources)))
+    with dg.DagsterInstance.ephemeral() as instance:
+        first = run_partitions(defs, instance, ["a", "b"])
+        rerun = run_partitions(defs, instance, ["a"])  # the first source to hold a text keeps it on reruns
+    assert all(r.success for r in [*first.values(), *rerun.values()])
+    docs = DeltaStore(str(tmp_path / "home" / "delta")).read(DOCUMENTS_TABLE).to_pylist()
+    assert sorted((d["source"], d["text"]) for d in docs) == [
+        ("a", "only in a"),
+        ("a", "the same text in two sources"),
+        ("b", "only in b"),
+    ]
+    b_meta = first["b"].asset_materializations_for_node("corpus_documents")[0].metadata
+    assert b_meta["cross_source_duplicates"].value == 1
 
 
 def test_unreadable_source_fails_the_run_naming_it_and_leaves_tables_alone(tmp_path, corpora_dir):
@@ -112,3 +153,21 @@ def test_unreadable_source_fails_the_run_naming_it_and_leaves_tables_alone(tmp_p
     failure = result.failure_data_for_node("corpus_documents")
     assert "gen_austen" in failure.error.message and "CPTDATA_CORPORA" in failure.error.message
     assert not DeltaStore(str(tmp_path / "home" / "delta")).exists(DOCUMENTS_TABLE)
+
+
+def test_source_config_mirrors_source_spec():
+    """The Dagster config of a source and the cpt record it becomes must not drift apart."""
+    import dataclasses
+
+    from assets.resources import SourceConfig
+    from cpt.corpus.sources import SourceSpec
+
+    spec_defaults = {
+        f.name: (f.default.value if hasattr(f.default, "value") else f.default) for f in dataclasses.fields(SourceSpec)
+    }
+    config_defaults = {name: field.default for name, field in SourceConfig.model_fields.items()}
+    assert config_defaults.keys() == spec_defaults.keys()
+    required = {k for k, v in spec_defaults.items() if v is dataclasses.MISSING}
+    assert {k: v for k, v in config_defaults.items() if k not in required} == {
+        k: v for k, v in spec_defaults.items() if k not in required
+    }

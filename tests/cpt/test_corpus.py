@@ -6,6 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from cpt.corpus import readers
 from cpt.corpus.ingest import assign_split, ingest_source, normalise_text
 from cpt.corpus.quality import duplicate_count, empty_text_count, schema_differences
 from cpt.corpus.schema import DOCUMENTS_SCHEMA
@@ -107,18 +108,54 @@ def test_multi_member_gzip_is_read_whole(tmp_path):
     assert result.rejects.num_rows == 0
 
 
+def gz_lines(count, start=0):
+    return gzip.compress(
+        b"".join(json.dumps({"text": f"line {i}"}).encode() + b"\n" for i in range(start, start + count))
+    )
+
+
+@pytest.mark.parametrize("block", [7, 1 << 16])
+def test_zero_padding_after_the_last_member_is_the_end_of_the_file(tmp_path, monkeypatch, block):
+    monkeypatch.setattr(readers, "READ_BLOCK", block)
+    path = tmp_path / "padded.jsonl.gz"
+    path.write_bytes(gz_lines(1000) + gz_lines(5, 1000) + b"\0" * 100)
+    result = ingest(spec(path, group_field=None))
+    assert (result.stats.documents, result.rejects.num_rows) == (1005, 0)
+
+
+def test_trailing_garbage_keeps_every_line_before_it(tmp_path):
+    path = tmp_path / "garbage.jsonl.gz"
+    path.write_bytes(gz_lines(1000) + b"this is not gzip at all")
+    result = ingest(spec(path, group_field=None))
+    assert result.stats.documents == 1000
+    assert result.rejects.column("reason").to_pylist() == ["corrupt_gzip"]
+
+
+def test_corruption_mid_member_salvages_the_lines_before_it(tmp_path):
+    data = bytearray(gz_lines(5000))
+    data[len(data) // 2 : len(data) // 2 + 64] = b"\xff" * 64  # damage the middle of the deflate stream
+    path = tmp_path / "corrupt.jsonl.gz"
+    path.write_bytes(bytes(data))
+    result = ingest(spec(path, group_field=None))
+    texts = result.documents.column("text").to_pylist()
+    # everything before the damage is recovered exactly; deflate may emit garbled bytes before it notices, and the
+    # stream's end is recorded as corrupt (the member's CRC no longer matches)
+    assert texts[:2400] == [f"line {i}" for i in range(2400)]
+    assert result.rejects.column("reason").to_pylist()[-1] == "corrupt_gzip"
+
+
 def test_landing_folder_becomes_sources(tmp_path):
     (tmp_path / "domain").mkdir()
     (tmp_path / "general" / "essays").mkdir(parents=True)
     (tmp_path / "domain" / "New Notes.jsonl.gz").write_bytes(b"")
     (tmp_path / "domain" / "table.parquet").write_bytes(b"")
     (tmp_path / "domain" / ".hidden.jsonl").write_bytes(b"")
-    specs = {s.name: (s.format.value, s.role.value) for s in landing_sources(tmp_path)}
-    assert specs == {
-        "domain-New-Notes": ("jsonl.gz", "domain"),
-        "domain-table": ("parquet", "domain"),
-        "general-essays": ("text_dir", "general"),
-    }
+    (tmp_path / "domain" / "New-Notes.jsonl").write_bytes(b"")
+    (tmp_path / "domain" / "declared.jsonl").write_bytes(b"")
+    scan = landing_sources(tmp_path, taken=frozenset({"domain-declared"}))
+    specs = {s.name: (s.format.value, s.role.value) for s in scan.sources}
+    assert specs == {"domain-table": ("parquet", "domain"), "general-essays": ("text_dir", "general")}
+    assert {name: len(paths) for name, paths in scan.conflicts.items()} == {"domain-New-Notes": 2, "domain-declared": 1}
 
 
 def test_quality_measures():

@@ -1,7 +1,9 @@
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 import pytest
+from deltalake.exceptions import DeltaError
 
 from cpt.delta_store import DeltaStoreError, partition_predicate, sql_literal
 
@@ -37,14 +39,32 @@ def test_partition_overwrite_touches_only_its_partition(store, commit):
     )
     assert version == 1
     assert contents(store, "t") == [("b", "y", 2), ("c", "x", 3)]
-    with pytest.raises(Exception, match="validation"):  # a row outside the predicate is refused, nothing written
+    with pytest.raises(DeltaError, match="failed validation"):  # a row outside the predicate: refused, no commit
         store.overwrite("t", rows(("d", "z", 4)), commit, predicate="source = 'x'", partition_by=["source"])
     assert store.version("t") == 1
 
 
 def test_partition_overwrite_creates_a_missing_table(store, commit):
-    assert store.overwrite("new", rows(("a", "x", 1)), commit, predicate="source = 'x'", partition_by=["source"]) == 0
+    assert store.overwrite("new", rows(("a", "x", 1)), commit, predicate="source = 'x'", partition_by=["source"]) == 1
     assert contents(store, "new") == [("a", "x", 1)]
+    created = store.history("new")[-1]
+    assert created["operation"] == "CREATE TABLE" and created["cptdata.run_id"] == "run-1"
+
+
+def test_concurrent_first_writers_of_different_partitions_both_land(store, commit):
+    def write(source):
+        return store.overwrite(
+            "race",
+            rows((source, source, 1)),
+            commit,
+            predicate=partition_predicate({"source": source}),
+            partition_by=["source"],
+        )
+
+    with ThreadPoolExecutor(4) as pool:
+        versions = list(pool.map(write, ["a", "b", "c", "d"]))
+    assert len(set(versions)) == 4
+    assert [r[0] for r in contents(store, "race")] == ["a", "b", "c", "d"]
 
 
 def test_merge_upserts_on_the_key(store, commit):

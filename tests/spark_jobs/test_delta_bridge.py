@@ -3,6 +3,7 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
 
+from cpt.delta_store import DeltaStoreError
 from spark_jobs.delta_bridge import read_snapshot, write_parquet_files, write_to_delta
 
 pytestmark = pytest.mark.spark
@@ -59,10 +60,39 @@ def test_a_spark_write_is_one_version_and_recommitting_adds_nothing(spark, versi
     assert as_rows(spark_rows) == sorted(tuple(r.values()) for r in versions.read("t", 3).to_pylist())
 
 
+def test_retried_commits_change_nothing(spark, versions, commit):
+    def files_for(source, start, count):
+        df = spark.createDataFrame(batch(source, start, count).to_pandas())
+        return write_parquet_files(df, versions.table_uri("t"), ["source"])
+
+    schema = SCHEMA
+    replacement = files_for("a", 200, 3)
+    replaced = versions.commit_files(
+        "t", replacement, schema=schema, commit=commit, partition_by=["source"], replace_partitions={"source": "a"}
+    )
+    again = versions.commit_files(
+        "t", replacement, schema=schema, commit=commit, partition_by=["source"], replace_partitions={"source": "a"}
+    )
+    assert again == replaced and sorted(versions.read("t").column("k").to_pylist())[:3] == ["a-200", "a-201", "a-202"]
+    assert versions.read("t").num_rows == 3 + 3
+
+    extra = files_for("b", 300, 2)
+    first = versions.commit_files(
+        "t", extra, schema=schema, commit=commit, partition_by=["source"], app_id="j", app_version=0
+    )
+    assert versions.commit_files("t", extra, schema=schema, commit=commit, app_id="j", app_version=0) == first
+    assert versions.read("t").num_rows == 3 + 3 + 2
+
+    with pytest.raises(DeltaStoreError, match="outside the replaced partition"):
+        versions.commit_files(
+            "t", files_for("b", 400, 1), schema=schema, commit=commit, replace_partitions={"source": "a"}
+        )
+
+
 def test_write_to_delta_creates_replaces_and_is_idempotent_per_application_transaction(spark, store, commit):
     df = spark.createDataFrame(batch("a", 0, 3).to_pandas()).union(spark.createDataFrame(batch("b", 0, 2).to_pandas()))
-    assert write_to_delta(df, store, "w", commit=commit, partition_by=["source"], app_id="job-1", app_version=1) == 0
-    assert write_to_delta(df, store, "w", commit=commit, partition_by=["source"], app_id="job-1", app_version=1) == 0
+    assert write_to_delta(df, store, "w", commit=commit, partition_by=["source"], app_id="job-1", app_version=0) == 0
+    assert write_to_delta(df, store, "w", commit=commit, partition_by=["source"], app_id="job-1", app_version=0) == 0
     assert store.read("w").num_rows == 5
     replacement = spark.createDataFrame(batch("a", 50, 1).to_pandas())
     version = write_to_delta(

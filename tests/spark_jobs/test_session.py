@@ -29,3 +29,18 @@ def test_connect_sessions_set_no_master_and_gpu_amounts_are_passed():
 def test_built_session_has_arrow_on(spark):
     assert spark.conf.get("spark.sql.execution.arrow.pyspark.enabled") == "true"
     assert spark.range(10).count() == 10
+
+
+def test_partition_folders_escape_and_refuse_what_spark_cannot_read_back():
+    import math
+
+    import pyarrow as pa
+
+    from spark_jobs.parquet_files import _split_by, partition_dir
+
+    assert partition_dir({"source": "a/b c", "n": None}) == "source=a%2Fb%20c/n=__HIVE_DEFAULT_PARTITION__"
+    with pytest.raises(ValueError, match="not ASCII"):
+        partition_dir({"source": "café"})
+    table = pa.table({"x": [1.0, math.nan, math.nan, None], "v": [1, 2, 3, 4]})
+    groups = {str(values["x"]): rows.column("v").to_pylist() for values, rows in _split_by(table, ["x"])}
+    assert groups == {"1.0": [1], "nan": [2, 3], "None": [4]}
