@@ -80,7 +80,7 @@ def write_to_delta(
     return store.commit_files(
         key,
         files,
-        schema=to_arrow_schema(df.schema),
+        schema=to_arrow_schema(df.schema, timezone="UTC"),  # sessions run in UTC (see session.py)
         commit=commit,
         partition_by=partition_by,
         replace_partitions=replace_partitions,

@@ -79,3 +79,25 @@ def write_malformed_jsonl_gz(path: Path) -> Path:
     tail = gzip.compress(TRUNCATED_LINE + b"\n", mtime=0)
     path.write_bytes(complete + tail[: len(tail) - 12])  # no trailer, last block cut
     return path
+
+
+TINY_TEXTS = [
+    "The patient presented with fever and a persistent cough for three days.",
+    "Insulin lowers blood glucose; metformin reduces hepatic glucose production.",
+    "It was the best of times, it was the worst of times, it was the age of wisdom.",
+    "Call me Ishmael. Some years ago, never mind how long precisely, I went to sea.",
+    "Hypertension is treated with diuretics, beta blockers or ACE inhibitors.",
+] * 8
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny Llama model with its own byte-level BPE tokenizer, saved like any Hugging Face model folder."""
+    from cpt.models.pretrain import PretrainConfig, build_model, train_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-model")
+    config = PretrainConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, seq_len=64)
+    tokenizer = train_tokenizer(TINY_TEXTS, config.vocab_size)
+    build_model(config, tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

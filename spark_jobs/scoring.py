@@ -1,0 +1,150 @@
+"""The Spark scoring job: documents at a pinned Delta version → ``scores/chunk_perplexity``, incrementally.
+
+Only documents with no chunk scored yet under the same model revision and window policy are read into the job, so
+a rerun with nothing new performs no forward pass and commits nothing. The scores land as one Delta transaction,
+idempotent under retries of the same run.
+
+From an asset: :func:`run_scoring_job`. Standalone: ``spark-submit spark_jobs/scoring.py job.json`` (or
+``python -m spark_jobs.scoring job.json``) with a JSON :class:`ScoringJobSpec` (see :func:`main`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+import pyarrow.compute as pc
+
+from cpt.delta_store import CommitInfo, DeltaStore
+from cpt.scoring.schema import SCORES_SCHEMA
+from cpt.scoring.windows import WindowPolicy
+from spark_jobs.delta_bridge import read_snapshot, write_to_delta
+from spark_jobs.scoring_worker import ScoreDocuments
+from spark_jobs.session import SparkSettings, build_session
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+DOCUMENTS_TABLE = "corpus/documents"
+SCORES_TABLE = "scores/chunk_perplexity"
+
+
+@dataclass(frozen=True)
+class ScoringJobSpec:
+    documents_version: int
+    model_path: str
+    model_revision: str
+    run_id: str
+    policy: WindowPolicy = field(default_factory=WindowPolicy)
+    sources: tuple[str, ...] = ()  # empty: every source
+    max_batch_tokens: int = 4096
+    num_partitions: int | None = None  # default: the session's parallelism
+    torch_threads: int | None = None  # per task; default: cores / parallelism
+    ship_model: bool = False  # send the model folder with SparkContext.addFile instead of assuming a shared path
+    code_version: str = "scoring-v1"
+    config_hash: str = ""
+
+
+@dataclass(frozen=True)
+class ScoringJobResult:
+    documents_version: int
+    documents_considered: int  # documents of the selected sources at that version
+    documents_to_score: int  # of those, not yet scored under this model and policy
+    chunks_scored: int
+    tokens_scored: int
+    seconds: float
+    scores_version: int | None  # the table version holding this run's scores (None: nothing written)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens_scored / self.seconds if self.seconds > 0 else 0.0
+
+
+def run_scoring_job(spark: SparkSession, store: DeltaStore, spec: ScoringJobSpec) -> ScoringJobResult:
+    from pyspark.sql import functions as F
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    start = time.perf_counter()
+    docs, _ = read_snapshot(spark, store, DOCUMENTS_TABLE, spec.documents_version)
+    docs = docs.select("doc_id", "source", "role", "split", "text")
+    if spec.sources:
+        docs = docs.filter(F.col("source").isin(list(spec.sources)))
+    considered = docs.count()
+    if store.exists(SCORES_TABLE):
+        scores, _ = read_snapshot(spark, store, SCORES_TABLE, None)
+        done = (
+            scores.filter(
+                (F.col("model_revision") == spec.model_revision) & (F.col("policy_hash") == spec.policy.policy_hash)
+            )
+            .select("doc_id")
+            .distinct()
+        )
+        docs = docs.join(done, "doc_id", "left_anti")
+    to_score = docs.count()
+    if to_score == 0:
+        return ScoringJobResult(spec.documents_version, considered, 0, 0, 0, time.perf_counter() - start, None)
+
+    parallelism = spec.num_partitions or spark.sparkContext.defaultParallelism
+    model_path = spec.model_path
+    if spec.ship_model:
+        spark.sparkContext.addFile(spec.model_path, recursive=True)
+        model_path = os.path.basename(spec.model_path.rstrip("/"))
+    scorer = ScoreDocuments(
+        model_path=model_path,
+        model_revision=spec.model_revision,
+        policy=spec.policy,
+        run_id=spec.run_id,
+        max_batch_tokens=spec.max_batch_tokens,
+        shipped=spec.ship_model,
+        torch_threads=spec.torch_threads or max(1, (os.cpu_count() or 1) // parallelism),
+    )
+    scored = docs.repartition(parallelism).mapInArrow(scorer, from_arrow_schema(SCORES_SCHEMA))
+    commit = CommitInfo(
+        run_id=spec.run_id,
+        asset_key=SCORES_TABLE,
+        code_version=spec.code_version,
+        config_hash=spec.config_hash,
+        partition=",".join(spec.sources) or None,
+        input_versions={DOCUMENTS_TABLE: spec.documents_version},
+    )
+    version = write_to_delta(
+        scored, store, SCORES_TABLE, commit=commit, partition_by=["source"], app_id=f"score:{spec.run_id}"
+    )
+    mine = store.read(SCORES_TABLE, version, columns=["n_tokens", "score_run_id"])
+    mine = mine.filter(pc.equal(mine["score_run_id"], spec.run_id))
+    tokens = int(pc.sum(mine["n_tokens"]).as_py() or 0)
+    return ScoringJobResult(
+        spec.documents_version, considered, to_score, mine.num_rows, tokens, time.perf_counter() - start, version
+    )
+
+
+def spec_from_json(data: dict) -> ScoringJobSpec:
+    data = dict(data)
+    data["policy"] = WindowPolicy(**data.get("policy", {}))
+    data["sources"] = tuple(data.get("sources", ()))
+    return ScoringJobSpec(**data)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``scoring.py job.json``: {"delta_root": ..., "storage_options": {...}, "spark": {SparkSettings fields},
+    "job": {ScoringJobSpec fields, "policy": {WindowPolicy fields}}}. Prints the result as JSON."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1:
+        print(main.__doc__, file=sys.stderr)
+        return 2
+    with open(args[0]) as fh:
+        config = json.load(fh)
+    store = DeltaStore(config["delta_root"], config.get("storage_options"))
+    spark = build_session(SparkSettings(**config.get("spark", {})))
+    result = run_scoring_job(spark, store, spec_from_json(config["job"]))
+    print(json.dumps(asdict(result) | {"tokens_per_second": result.tokens_per_second}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Task side of the scoring job: documents → chunk scores inside ``mapInArrow``, one model per Python worker.
+
+Free of ``deltalake`` (unpickled in every worker). The model is loaded once per worker process and cached across
+tasks (Spark reuses Python workers); a task that owns a GPU scores on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pyarrow as pa
+
+from cpt.scoring.schema import SCORES_SCHEMA
+from cpt.scoring.windows import WindowPolicy, chunk_documents
+
+_SCORERS: dict[tuple[str, str, str], tuple[object, object]] = {}  # (path, revision, device) → (scorer, tokenizer)
+
+
+def _task_device() -> str:
+    import torch
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    gpus = ctx.resources().get("gpu") if ctx is not None else None
+    if gpus is not None and gpus.addresses:
+        return f"cuda:{gpus.addresses[0]}"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass(frozen=True)
+class ScoreDocuments:
+    """A ``mapInArrow`` function: rows (doc_id, source, role, split, text) → rows of ``SCORES_SCHEMA``."""
+
+    model_path: str  # a folder on every worker, or (shipped=True) the name of a folder added with SparkContext.addFile
+    model_revision: str
+    policy: WindowPolicy
+    run_id: str
+    max_batch_tokens: int = 4096
+    shipped: bool = False
+    torch_threads: int | None = None
+
+    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        scorer, tokenizer = self._scorer()
+        for batch in batches:
+            docs = batch.to_pydict()
+            meta = {
+                d: (s, r, sp)
+                for d, s, r, sp in zip(docs["doc_id"], docs["source"], docs["role"], docs["split"], strict=True)
+            }
+            chunks = chunk_documents(tokenizer, docs["doc_id"], docs["text"], self.policy, self.model_revision)
+            if not chunks:
+                continue  # nothing long enough to score: no forward pass
+            scores, _ = scorer.score(chunks)
+            now = datetime.now(UTC)
+            rows = {
+                "chunk_id": [s.chunk_id for s in scores],
+                "doc_id": [s.doc_id for s in scores],
+                "source": [meta[s.doc_id][0] for s in scores],
+                "role": [meta[s.doc_id][1] for s in scores],
+                "split": [meta[s.doc_id][2] for s in scores],
+                "chunk_index": [s.chunk_index for s in scores],
+                "n_tokens": [s.n_tokens for s in scores],
+                "sum_nll": [s.sum_nll for s in scores],
+                "ppl": [s.ppl for s in scores],
+                "model_revision": [self.model_revision] * len(scores),
+                "policy_hash": [self.policy.policy_hash] * len(scores),
+                "window_length": [self.policy.length] * len(scores),
+                "score_run_id": [self.run_id] * len(scores),
+                "scored_at": [now] * len(scores),
+            }
+            yield pa.RecordBatch.from_pydict(rows, schema=SCORES_SCHEMA)
+
+    def _scorer(self):
+        import torch
+
+        from cpt.models.base_model import load_model
+        from cpt.scoring.scorer import ChunkScorer
+
+        if self.torch_threads:
+            torch.set_num_threads(self.torch_threads)
+        path = self.model_path
+        if self.shipped:
+            from pyspark import SparkFiles
+
+            path = SparkFiles.get(self.model_path)
+        device = _task_device()
+        key = (path, self.model_revision, device)
+        if key not in _SCORERS:
+            model, tokenizer = load_model(path)
+            tokenizer.model_max_length = 1 << 40  # documents are cut into windows here, not by the tokenizer
+            pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+            scorer = ChunkScorer(
+                model, pad_id=pad_id, max_batch_tokens=self.max_batch_tokens, device=torch.device(device)
+            )
+            _SCORERS[key] = (scorer, tokenizer)
+        return _SCORERS[key]

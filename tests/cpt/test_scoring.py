@@ -1,0 +1,91 @@
+"""The scorer against a hand-computed NLL and against one-chunk-per-forward Hugging Face losses, on a tiny model."""
+
+import math
+
+import pytest
+import torch
+
+from cpt.scoring.scorer import ChunkScorer, plan_batches, reference_nll
+from cpt.scoring.windows import WindowPolicy, split_windows
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return LlamaForCausalLM(config).eval()
+
+
+SMALL_WINDOWS = WindowPolicy(length=16, min_tokens=4)
+
+
+def chunks_of(lengths, policy=SMALL_WINDOWS):
+    gen = torch.Generator().manual_seed(1)
+    out = []
+    for d, n in enumerate(lengths):
+        ids = torch.randint(3, 97, (n,), generator=gen).tolist()
+        out += split_windows(f"doc{d}", ids, policy, bos_id=1, tokenizer_hash="t")
+    return out
+
+
+def test_windows_cut_documents_into_non_overlapping_chunks():
+    policy = WindowPolicy(length=5, min_tokens=2, add_bos=True)
+    chunks = split_windows("d", list(range(10, 21)), policy, bos_id=1, tokenizer_hash="t")  # 11 tokens
+    assert [c.input_ids for c in chunks] == [(1, 10, 11, 12, 13), (1, 14, 15, 16, 17), (1, 18, 19, 20)]
+    assert [c.n_predicted for c in chunks] == [4, 4, 3]
+    short = split_windows("d", list(range(10, 19)), policy, bos_id=1, tokenizer_hash="t")  # trailing 1 < min 2
+    assert [c.n_predicted for c in short] == [4, 4]
+    no_bos = split_windows("d", list(range(10, 20)), WindowPolicy(5, 2, add_bos=False), bos_id=None, tokenizer_hash="t")
+    assert [c.input_ids for c in no_bos] == [tuple(range(10, 15)), tuple(range(15, 20))]
+    assert len({c.chunk_id for c in chunks}) == 3
+    other_policy = split_windows("d", list(range(10, 21)), WindowPolicy(5, 1), bos_id=1, tokenizer_hash="t")
+    assert chunks[0].chunk_id != other_policy[0].chunk_id  # the id depends on the policy
+
+
+def test_batches_respect_the_token_budget_longest_first():
+    lengths = [5, 17, 3, 17, 9, 1]
+    batches = plan_batches(lengths, max_batch_tokens=34)
+    assert sorted(i for b in batches for i in b) == list(range(6))
+    assert all(len(b) * max(lengths[i] for i in b) <= 34 for b in batches)
+    assert batches[0] == [1, 3]  # the two longest share a batch
+
+
+def test_scorer_equals_a_hand_computed_nll(tiny_model):
+    chunk = chunks_of([12])[0]
+    ids = torch.tensor([chunk.input_ids])
+    with torch.no_grad():
+        logits = tiny_model(ids).logits[0].double()
+    by_hand = 0.0
+    for t in range(1, len(chunk.input_ids)):
+        row = logits[t - 1]
+        by_hand += math.log(sum(math.exp(v) for v in row.tolist())) - row[chunk.input_ids[t]].item()
+    [score], stats = ChunkScorer(tiny_model, pad_id=0, device=torch.device("cpu")).score([chunk])
+    assert score.n_tokens == 12 == stats.tokens  # BOS + 12 tokens: every token predicted
+    assert score.sum_nll == pytest.approx(by_hand, abs=1e-4)
+    assert score.ppl == pytest.approx(math.exp(by_hand / 12), rel=1e-4)
+
+
+def test_batched_scores_equal_one_chunk_per_forward(tiny_model):
+    chunks = chunks_of([40, 7, 33, 16, 5, 60, 15])
+    scorer = ChunkScorer(tiny_model, pad_id=0, max_batch_tokens=64, device=torch.device("cpu"))
+    scores, stats = scorer.score(chunks)
+    assert [s.chunk_id for s in scores] == [c.chunk_id for c in chunks]
+    assert len({len(c.input_ids) for c in chunks}) > 1  # padding is exercised
+    assert stats.forward_passes < len(chunks)
+    deltas = [abs(s.sum_nll - reference_nll(tiny_model, c)) for s, c in zip(scores, chunks, strict=True)]
+    assert max(deltas) <= 1e-4
+    assert all(s.ppl >= 1 for s in scores)
