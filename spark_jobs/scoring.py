@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
@@ -43,7 +44,7 @@ class ScoringJobSpec:
     policy: WindowPolicy = field(default_factory=WindowPolicy)
     sources: tuple[str, ...] = ()  # empty: every source
     max_batch_tokens: int = 4096
-    num_partitions: int | None = None  # default: the session's parallelism
+    num_partitions: int | None = None  # default: 4 × the session parallelism
     torch_threads: int | None = None  # per task; default: cores / parallelism
     ship_model: bool = False  # send the model folder with SparkContext.addFile instead of assuming a shared path
     code_version: str = "scoring-v1"
@@ -65,7 +66,10 @@ class ScoringJobResult:
         return self.tokens_scored / self.seconds if self.seconds > 0 else 0.0
 
 
-def run_scoring_job(spark: SparkSession, store: DeltaStore, spec: ScoringJobSpec) -> ScoringJobResult:
+def run_scoring_job(
+    spark: SparkSession, store: DeltaStore, spec: ScoringJobSpec, on_progress: Callable[[str], None] | None = None
+) -> ScoringJobResult:
+    """Score what is new; ``on_progress`` receives a line about the running Spark stages every few seconds."""
     from pyspark.sql import functions as F
     from pyspark.sql.pandas.types import from_arrow_schema
 
@@ -89,7 +93,8 @@ def run_scoring_job(spark: SparkSession, store: DeltaStore, spec: ScoringJobSpec
     if to_score == 0:
         return ScoringJobResult(spec.documents_version, considered, 0, 0, 0, time.perf_counter() - start, None)
 
-    parallelism = spec.num_partitions or spark.sparkContext.defaultParallelism
+    parallelism = spark.sparkContext.defaultParallelism
+    partitions = spec.num_partitions or 4 * parallelism  # several tasks per core: balance, and visible progress
     model_path = spec.model_path
     if spec.ship_model:
         spark.sparkContext.addFile(spec.model_path, recursive=True)
@@ -103,7 +108,7 @@ def run_scoring_job(spark: SparkSession, store: DeltaStore, spec: ScoringJobSpec
         shipped=spec.ship_model,
         torch_threads=spec.torch_threads or max(1, (os.cpu_count() or 1) // parallelism),
     )
-    scored = docs.repartition(parallelism).mapInArrow(scorer, from_arrow_schema(SCORES_SCHEMA))
+    scored = docs.repartition(partitions).mapInArrow(scorer, from_arrow_schema(SCORES_SCHEMA))
     commit = CommitInfo(
         run_id=spec.run_id,
         asset_key=SCORES_TABLE,
@@ -112,15 +117,40 @@ def run_scoring_job(spark: SparkSession, store: DeltaStore, spec: ScoringJobSpec
         partition=",".join(spec.sources) or None,
         input_versions={DOCUMENTS_TABLE: spec.documents_version},
     )
-    version = write_to_delta(
-        scored, store, SCORES_TABLE, commit=commit, partition_by=["source"], app_id=f"score:{spec.run_id}"
-    )
+    with _StageProgress(spark, on_progress, f"scoring {to_score} documents"):
+        version = write_to_delta(
+            scored, store, SCORES_TABLE, commit=commit, partition_by=["source"], app_id=f"score:{spec.run_id}"
+        )
     mine = store.read(SCORES_TABLE, version, columns=["n_tokens", "score_run_id"])
     mine = mine.filter(pc.equal(mine["score_run_id"], spec.run_id))
     tokens = int(pc.sum(mine["n_tokens"]).as_py() or 0)
     return ScoringJobResult(
         spec.documents_version, considered, to_score, mine.num_rows, tokens, time.perf_counter() - start, version
     )
+
+
+class _StageProgress:
+    """Reports the running Spark stages' task counts from a background thread while a job runs."""
+
+    def __init__(self, spark: SparkSession, report: Callable[[str], None] | None, label: str, every: float = 15.0):
+        self.spark, self.report, self.label, self.every = spark, report, label, every
+        self.done = threading.Event()
+
+    def __enter__(self) -> _StageProgress:
+        if self.report is not None:
+            threading.Thread(target=self._poll, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+
+    def _poll(self) -> None:
+        tracker = self.spark.sparkContext.statusTracker()
+        start = time.perf_counter()
+        while not self.done.wait(self.every):
+            stages = [tracker.getStageInfo(s) for s in tracker.getActiveStageIds()]
+            tasks = ", ".join(f"stage {s.stageId}: {s.numCompletedTasks}/{s.numTasks} tasks" for s in stages if s)
+            self.report(f"{self.label}: {time.perf_counter() - start:.0f} s, {tasks or 'between stages'}")
 
 
 def spec_from_json(data: dict) -> ScoringJobSpec:

@@ -89,7 +89,6 @@ class ScoreDocuments:
         key = (path, self.model_revision, device)
         if key not in _SCORERS:
             model, tokenizer = load_model(path)
-            tokenizer.model_max_length = 1 << 40  # documents are cut into windows here, not by the tokenizer
             pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
             scorer = ChunkScorer(
                 model, pad_id=pad_id, max_batch_tokens=self.max_batch_tokens, device=torch.device(device)

@@ -61,13 +61,21 @@ def revision_of(hashes: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def load_model(path: str | Path):
-    """(model, tokenizer) from a folder, on the CPU in float32, in eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_tokenizer(path: str | Path):
+    """The tokenizer of a model folder, for whole documents (they are cut into windows by the caller)."""
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.model_max_length = 1 << 40
+    return tokenizer
+
+
+def load_model(path: str | Path):
+    """(model, tokenizer) from a folder, on the CPU in float32, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
     model = AutoModelForCausalLM.from_pretrained(path, dtype="float32").eval()
-    return model, tokenizer
+    return model, load_tokenizer(path)
 
 
 def describe(folder: Path, source: str, details: dict | None = None) -> ModelManifest:

@@ -80,3 +80,30 @@ def test_spark_scores_equal_in_process_scores_and_reruns_are_incremental(
     assert added.documents_to_score == 3 + 1 and added.scores_version == first.scores_version + 1
     new_rows = store.read(SCORES_TABLE).filter(pc.equal(store.read(SCORES_TABLE)["score_run_id"], "run-c"))
     assert set(new_rows["source"].to_pylist()) == {"beta"} and new_rows.num_rows == added.chunks_scored
+
+
+def test_spark_submit_entry_point_takes_a_json_spec(spark, store, commit, tmp_path, tiny_model_dir, capsys):
+    from spark_jobs.scoring import main
+
+    manifest = resolve_local(tiny_model_dir)
+    version = add_source(store, commit, tmp_path, "gamma", [" ".join(["alpha beta gamma delta"] * 12)] * 2)
+    job = tmp_path / "job.json"
+    job.write_text(
+        json.dumps(
+            {
+                "delta_root": store.root_uri,
+                "spark": {"master": "local[2]"},
+                "job": {
+                    "documents_version": version,
+                    "model_path": str(tiny_model_dir),
+                    "model_revision": manifest.revision,
+                    "run_id": "submitted",
+                    "policy": {"length": 16, "min_tokens": 4},
+                },
+            }
+        )
+    )
+    assert main([str(job)]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["documents_to_score"] == 1 and printed["chunks_scored"] > 0  # the two texts are one document
+    assert printed["scores_version"] == store.version(SCORES_TABLE)

