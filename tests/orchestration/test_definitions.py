@@ -15,8 +15,16 @@ from orchestration.sensors import corpus_landing_sensor
 GRAPH = {
     "corpus/documents": {"group": "corpus", "partitions": "corpus_sources", "deps": []},
     "corpus/rejects": {"group": "corpus", "partitions": "corpus_sources", "deps": []},
+    "models/base_model": {"group": "models", "partitions": None, "deps": ["corpus/documents"]},
+    "scores/chunk_perplexity": {
+        "group": "scores",
+        "partitions": "corpus_sources",
+        "deps": ["corpus/documents", "models/base_model"],
+    },
 }
 CHECKS = {
+    "scores/chunk_perplexity:every_train_chunk_scored",
+    "scores/chunk_perplexity:finite_and_ppl_at_least_1",
     "corpus/documents:non_empty_text",
     "corpus/documents:reject_rate_below_threshold",
     "corpus/documents:schema_matches_contract",
@@ -30,7 +38,7 @@ def test_asset_graph_snapshot(tmp_path):
     snapshot = {
         key.to_user_string(): {
             "group": graph.get(key).group_name,
-            "partitions": graph.get(key).partitions_def.name,
+            "partitions": graph.get(key).partitions_def.name if graph.get(key).partitions_def else None,
             "deps": sorted(p.to_user_string() for p in graph.get(key).parent_keys),
         }
         for key in graph.get_all_asset_keys()
@@ -39,7 +47,7 @@ def test_asset_graph_snapshot(tmp_path):
     checks = {f"{k.asset_key.to_user_string()}:{k.name}" for k in graph.asset_check_keys}
     assert checks == CHECKS
     assert all(graph.get_check_spec(k).blocking for k in graph.asset_check_keys)
-    assert {j.name for j in defs.jobs} >= {"ingest_corpus"}
+    assert {j.name for j in defs.jobs} >= {"ingest_corpus", "base_model", "score_corpus"}
     assert {s.name for s in defs.sensors} == {"corpus_landing_sensor"}
     assert {s.name for s in defs.schedules} == {"daily_corpus_build"}
 
@@ -50,6 +58,10 @@ def test_profiles_are_chosen_by_one_variable(tmp_path):
     assert quick.delta.root_uri == str(tmp_path / "delta")
     assert quick.mlflow.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert quick.spark.master == "local[2]"
+    assert (quick.model.kind, quick.model.pretrain_token_budget) == ("pretrain", 1_000_000)
+    assert load_profile({"CPTDATA_PROFILE": "smollm2"}).model.kind == "smollm2"
+    hub = load_profile({"CPTDATA_BASE_MODEL": "org/model", "CPTDATA_BASE_MODEL_REVISION": "abc123"}).model
+    assert (hub.kind, hub.hub_id, hub.hub_revision) == ("hub", "org/model", "abc123")
     assert {s.name for s in quick.catalog.sources} == {
         "med_medquad",
         "med_abstracts",
@@ -59,6 +71,7 @@ def test_profiles_are_chosen_by_one_variable(tmp_path):
     }
     cluster = load_profile(
         {
+            "CPTDATA_BASE_MODEL": "/models/llama",
             "CPTDATA_PROFILE": "cluster",
             "CPTDATA_DELTA_ROOT": "s3://bucket/cpt",
             "CPTDATA_SPARK_CONNECT": "sc://spark:15002",
@@ -66,6 +79,9 @@ def test_profiles_are_chosen_by_one_variable(tmp_path):
         }
     )
     assert (cluster.delta.root_uri, cluster.spark.connect_url) == ("s3://bucket/cpt", "sc://spark:15002")
+    assert (cluster.model.kind, cluster.model.path) == ("local", "/models/llama")
+    with pytest.raises(ValueError, match="CPTDATA_BASE_MODEL"):
+        load_profile({"CPTDATA_PROFILE": "cluster", "CPTDATA_DELTA_ROOT": "s3://b/c"})
     with pytest.raises(ValueError, match="CPTDATA_DELTA_ROOT"):
         load_profile({"CPTDATA_PROFILE": "cluster"})
     with pytest.raises(ValueError, match="quickstart, smollm2, cluster"):
