@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from cpt.scoring.scorer import ChunkScorer, plan_batches, reference_nll
+from cpt.scoring.scorer import ChunkScorer, logsumexp_f32, plan_batches, reference_nll
 from cpt.scoring.windows import WindowPolicy, split_windows
 
 
@@ -89,3 +89,12 @@ def test_batched_scores_equal_one_chunk_per_forward(tiny_model):
     deltas = [abs(s.sum_nll - reference_nll(tiny_model, c)) for s, c in zip(scores, chunks, strict=True)]
     assert max(deltas) <= 1e-4
     assert all(s.ppl >= 1 for s in scores)
+
+
+def test_blockwise_logsumexp_equals_the_plain_one_in_float32_and_from_bfloat16():
+    logits = torch.randn(3, 50, 97, generator=torch.Generator().manual_seed(2)) * 4
+    assert torch.allclose(logsumexp_f32(logits, rows_per_block=7), torch.logsumexp(logits, -1), atol=1e-6)
+    low = logits.to(torch.bfloat16)
+    result = logsumexp_f32(low, rows_per_block=16)
+    assert result.dtype == torch.float32
+    assert torch.allclose(result, torch.logsumexp(low.float(), -1), atol=1e-6)
