@@ -29,7 +29,7 @@ class ScoringConfig(dg.Config):
     min_tokens: int = Field(32, description="a trailing chunk with fewer predicted tokens is dropped")
     add_bos: bool = Field(True, description="prepend BOS so every content token is predicted")
     max_batch_tokens: int = Field(4096, description="padded tokens per forward pass (halved on GPU OOM)")
-    num_partitions: int | None = Field(None, description="Spark partitions; default: 4 × the session's parallelism")
+    num_partitions: int | None = Field(None, description="Spark partitions; default: 8 × the session's parallelism")
     ship_model: bool = Field(False, description="send the model folder to executors with SparkContext.addFile")
 
     def policy(self) -> WindowPolicy:

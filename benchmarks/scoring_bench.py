@@ -73,7 +73,7 @@ def _documents(file: str, role: str):
     return ingest_source(spec, run_id="bench", ingested_at=datetime.now(UTC)).documents
 
 
-def bench(name: str, folder: Path, n_chunks: int, spark, store: DeltaStore) -> None:
+def bench(name: str, folder: Path, n_chunks: int, spark) -> None:
     manifest = describe(folder, name)
     model, tokenizer = load_model(folder)
     docs = _documents("med_medquad.jsonl.gz", "domain").slice(0, 4 * n_chunks)
@@ -97,20 +97,24 @@ def bench(name: str, folder: Path, n_chunks: int, spark, store: DeltaStore) -> N
 
     subset = docs.filter(pc.is_in(docs["doc_id"], value_set=pa.array(sorted(keep_docs))))
     commit = CommitInfo(run_id=f"bench-{name}", asset_key=DOCUMENTS_TABLE, code_version="bench", config_hash="-")
-    version = store.overwrite(DOCUMENTS_TABLE, subset, commit, predicate=None, partition_by=["source"])
-    spec = ScoringJobSpec(
-        documents_version=version,
-        model_path=str(folder),
-        model_revision=manifest.revision,
-        run_id=f"bench-{name}-{time.time_ns()}",
-        policy=POLICY,
-    )
-    result = run_scoring_job(spark, store, spec)
-    assert result.tokens_scored == tokens, (result.tokens_scored, tokens)
-    t_c = result.seconds
+    seconds = {}
+    for phase in ("c", "c_warm"):  # a fresh scratch table each time; the second job finds its workers warm
+        with tempfile.TemporaryDirectory() as tmp:
+            scratch = DeltaStore(tmp)
+            version = scratch.overwrite(DOCUMENTS_TABLE, subset, commit, predicate=None, partition_by=["source"])
+            spec = ScoringJobSpec(
+                documents_version=version,
+                model_path=str(folder),
+                model_revision=manifest.revision,
+                run_id=f"bench-{name}-{phase}",
+                policy=POLICY,
+            )
+            result = run_scoring_job(spark, scratch, spec)
+        assert result.tokens_scored == tokens, (result.tokens_scored, tokens)
+        seconds[phase] = result.seconds
 
     ceiling = matmul_flops_per_second() / forward_flops_per_token(model, POLICY.length)
-    rate = {k: tokens / t for k, t in (("a", t_a), ("b", t_b), ("c", t_c))}
+    rate = {k: tokens / t for k, t in (("a", t_a), ("b", t_b), ("c", seconds["c"]), ("w", seconds["c_warm"]))}
     print(
         f"\n{name}: {manifest.n_params / 1e6:.1f} M parameters, {len(chunks)} chunks, {tokens:,} tokens, L = "
         f"{POLICY.length}, torch threads {torch.get_num_threads()}"
@@ -128,10 +132,8 @@ def bench(name: str, folder: Path, n_chunks: int, spark, store: DeltaStore) -> N
 def main() -> None:
     n_chunks = int(os.environ.get("BENCH_CHUNKS", "128"))
     spark = build_session(SparkSettings(master="local[2]", app_name="cptdata-bench"))
-    with tempfile.TemporaryDirectory() as tmp:
-        store = DeltaStore(tmp)
-        bench("smollm2-135m", Path(resolve_smollm2(HOME / "models").path), n_chunks, spark, store)
-        bench("quickstart", quickstart_model(), n_chunks * 4, spark, store)
+    bench("smollm2-135m", Path(resolve_smollm2(HOME / "models").path), n_chunks, spark)
+    bench("quickstart", quickstart_model(), n_chunks * 16, spark)
     spark.stop()
 
 

@@ -43,8 +43,12 @@ def register(defs: dg.Definitions, instance: dg.DagsterInstance) -> list[str]:
 
 
 def _report(result) -> bool:
+    shown = set()
     for event in result.get_asset_materialization_events():
         mat = event.event_specific_data.materialization
+        if mat.asset_key in shown:  # a single run over a partition range reports once per partition
+            continue
+        shown.add(mat.asset_key)
         keys = (
             "dagster/row_count",
             "delta_version",

@@ -44,7 +44,7 @@ class ScoringJobSpec:
     policy: WindowPolicy = field(default_factory=WindowPolicy)
     sources: tuple[str, ...] = ()  # empty: every source
     max_batch_tokens: int = 4096
-    num_partitions: int | None = None  # default: 4 × the session parallelism
+    num_partitions: int | None = None  # default: 8 × the session parallelism
     torch_threads: int | None = None  # per task; default: cores / parallelism
     ship_model: bool = False  # send the model folder with SparkContext.addFile instead of assuming a shared path
     code_version: str = "scoring-v1"
@@ -94,7 +94,7 @@ def run_scoring_job(
         return ScoringJobResult(spec.documents_version, considered, 0, 0, 0, time.perf_counter() - start, None)
 
     parallelism = spark.sparkContext.defaultParallelism
-    partitions = spec.num_partitions or 4 * parallelism  # several tasks per core: balance, and visible progress
+    partitions = spec.num_partitions or 8 * parallelism  # several tasks per core: a short tail, visible progress
     model_path = spec.model_path
     if spec.ship_model:
         spark.sparkContext.addFile(spec.model_path, recursive=True)
