@@ -78,12 +78,45 @@ def logsumexp_f32(logits: torch.Tensor, rows_per_block: int | None = None) -> to
     return torch.cat(parts).view(logits.shape[:-1])
 
 
-def batch_nll(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+# Causal LMs whose logits are exactly ``lm_head(decoder(...).last_hidden_state)``: for them the LM head and the NLL
+# are computed a block of positions at a time, so the (tokens × vocabulary) logits tensor never exists whole — the
+# largest tensor of the forward pass for a 49k vocabulary, and most of its memory traffic.
+BLOCKWISE_HEAD_MODELS = frozenset(
+    {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "GPT2LMHeadModel"}
+)
+
+
+def _decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    config = getattr(model, "config", None)
+    if type(model).__name__ not in BLOCKWISE_HEAD_MODELS or getattr(config, "final_logit_softcapping", None):
+        return None
+    decoder = getattr(model, "model", None) or getattr(model, "transformer", None)
+    head = model.get_output_embeddings()
+    return (decoder, head) if decoder is not None and head is not None else None
+
+
+def batch_nll(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, blockwise: bool = True
+) -> torch.Tensor:
     """Summed NLL per row (float64) of every predicted token (positions 1.. that are not padding)."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-    lse = logsumexp_f32(logits)[:, :-1]  # position t predicts token t + 1; the last position predicts nothing
-    target_logit = logits[:, :-1].gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1).float()
-    return ((lse - target_logit).double() * attention_mask[:, 1:].double()).sum(dim=1)
+    targets = input_ids[:, 1:]
+    parts = _decoder_and_head(model) if blockwise else None
+    if parts is None:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        lse = logsumexp_f32(logits)[:, :-1]  # position t predicts token t + 1; the last position predicts nothing
+        nll = lse - logits[:, :-1].gather(-1, targets.unsqueeze(-1)).squeeze(-1).float()
+    else:
+        decoder, head = parts
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        flat = hidden[:, :-1].reshape(-1, hidden.shape[-1])
+        flat_targets = targets.reshape(-1, 1)
+        rows = 256 if flat.device.type == "cpu" else 4096
+        pieces = []
+        for i in range(0, flat.shape[0], rows):
+            logits = head(flat[i : i + rows]).float()
+            pieces.append(torch.logsumexp(logits, dim=-1) - logits.gather(-1, flat_targets[i : i + rows]).squeeze(-1))
+        nll = torch.cat(pieces).view(targets.shape)
+    return (nll.double() * attention_mask[:, 1:].double()).sum(dim=1)
 
 
 class ChunkScorer:

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from cpt.scoring.scorer import ChunkScorer, logsumexp_f32, plan_batches, reference_nll
+from cpt.scoring.scorer import ChunkScorer, batch_nll, logsumexp_f32, plan_batches, reference_nll
 from cpt.scoring.windows import WindowPolicy, split_windows
 
 
@@ -98,3 +98,17 @@ def test_blockwise_logsumexp_equals_the_plain_one_in_float32_and_from_bfloat16()
     result = logsumexp_f32(low, rows_per_block=16)
     assert result.dtype == torch.float32
     assert torch.allclose(result, torch.logsumexp(low.float(), -1), atol=1e-6)
+
+
+def test_blockwise_head_equals_the_full_logits_path(tiny_model):
+    chunks = chunks_of([40, 9, 25])
+    longest = max(len(c.input_ids) for c in chunks)
+    ids = torch.zeros((len(chunks), longest), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, c in enumerate(chunks):
+        ids[row, : len(c.input_ids)] = torch.tensor(c.input_ids)
+        mask[row, : len(c.input_ids)] = 1
+    with torch.inference_mode():
+        fast = batch_nll(tiny_model, ids, mask)
+        full = batch_nll(tiny_model, ids, mask, blockwise=False)
+    assert torch.allclose(fast, full, atol=1e-5)
