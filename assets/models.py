@@ -7,7 +7,6 @@ import pyarrow.compute as pc
 
 from assets.corpus import DOCUMENTS, DOCUMENTS_TABLE
 from assets.resources import BaseModelResource, DeltaStoreResource
-from cpt.hashing import config_hash
 from cpt.models.base_model import (
     ModelManifest,
     ModelSourceError,
@@ -16,7 +15,7 @@ from cpt.models.base_model import (
     resolve_local,
     resolve_smollm2,
 )
-from cpt.models.pretrain import PretrainConfig, pretrain_base_model, saved_loss_curve
+from cpt.models.pretrain import PretrainConfig, pretrained_once
 
 BASE_MODEL = dg.AssetKey(["models", "base_model"])
 
@@ -74,7 +73,6 @@ def _resolve(context: dg.AssetExecutionContext, model: BaseModelResource, delta:
         raise ModelSourceError("the quick-start base model is pretrained on corpus/documents: ingest it first")
     docs = store.read(DOCUMENTS_TABLE, version, columns=["doc_id", "role", "split", "text"])
     docs = docs.filter(pc.and_(pc.equal(docs["role"], "general"), pc.equal(docs["split"], "train")))
-    docs = docs.sort_by("doc_id")  # a stable order: the same documents give the same model
     config = PretrainConfig(
         vocab_size=model.pretrain_vocab_size,
         hidden_size=model.pretrain_hidden_size,
@@ -83,19 +81,14 @@ def _resolve(context: dg.AssetExecutionContext, model: BaseModelResource, delta:
         token_budget=model.pretrain_token_budget,
         seed=model.pretrain_seed,
     )
-    key = config_hash({"config": config, "documents": docs["doc_id"].to_pylist()})
-    folder = cache / f"quickstart-{key}"
-    details = {"pretrain_config": vars(config), "documents_version": version, "training_documents": docs.num_rows}
-    if (folder / "config.json").exists():
-        context.log.info(f"reusing the quick-start model pretrained earlier on the same documents: {folder}")
-        return describe(folder, "pretrain", details | {"loss_curve": saved_loss_curve(folder)})
-    context.log.info(
-        f"pretraining the quick-start model on {docs.num_rows} general documents, {config.token_budget:,} tokens"
-    )
-    result = pretrain_base_model(
+    context.log.info(f"quick-start model: {docs.num_rows} general documents, {config.token_budget:,} tokens")
+    folder, curve, trained = pretrained_once(
         docs["text"].to_pylist(),
+        docs["doc_id"].to_pylist(),
         config,
-        folder,
+        cache,
         on_progress=lambda step, total, loss: context.log.info(f"pretrain step {step}/{total}: loss {loss:.3f}"),
     )
-    return describe(folder, "pretrain", details | {"loss_curve": result.loss_curve, "seconds": result.seconds})
+    context.log.info(f"{'pretrained' if trained else 'reused the model pretrained earlier'}: {folder}")
+    details = {"pretrain_config": vars(config), "documents_version": version, "training_documents": docs.num_rows}
+    return describe(folder, "pretrain", details | {"loss_curve": curve, "pretrained_in_this_run": trained})

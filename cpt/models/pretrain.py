@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cpt.hashing import config_hash
+
 BOS = "<|endoftext|>"
 LOSS_CURVE_FILE = "loss_curve.json"
 
@@ -154,6 +156,26 @@ def pretrain_base_model(
         n_params=sum(p.numel() for p in model.parameters()),
         loss_curve=tuple(curve),
     )
+
+
+def pretrained_once(
+    texts: Sequence[str],
+    doc_ids: Sequence[str],
+    config: PretrainConfig,
+    cache: Path,
+    on_progress: ProgressFn | None = None,
+) -> tuple[Path, list[list[float]], bool]:
+    """The model pretrained with ``config`` on these documents, trained only if the cache does not hold it yet.
+
+    The folder is named after the config and the (sorted) document ids, so the same inputs always land in, and are
+    served from, the same folder. Returns (folder, loss curve, whether it was trained now).
+    """
+    folder = cache / f"quickstart-{config_hash({'config': config, 'documents': sorted(doc_ids)})}"
+    if (folder / "config.json").exists():
+        return folder, saved_loss_curve(folder) or [], False
+    order = sorted(range(len(doc_ids)), key=doc_ids.__getitem__)  # a stable order: same documents, same model
+    result = pretrain_base_model([texts[i] for i in order], config, folder, on_progress)
+    return folder, [list(point) for point in result.loss_curve], True
 
 
 def saved_loss_curve(folder: Path) -> list[list[float]] | None:
