@@ -44,17 +44,7 @@ class SparkResource(dg.ConfigurableResource):
     extra_conf: dict[str, str] = Field(default_factory=dict)
 
     def settings(self) -> SparkSettings:
-        return SparkSettings(
-            master=self.master,
-            connect_url=self.connect_url,
-            app_name=self.app_name,
-            driver_memory=self.driver_memory,
-            shuffle_partitions=self.shuffle_partitions,
-            executor_gpus=self.executor_gpus,
-            task_gpus=self.task_gpus,
-            gpu_discovery_script=self.gpu_discovery_script,
-            extra_conf=self.extra_conf,
-        )
+        return SparkSettings(**self.model_dump())  # the same field names; the rest keep SparkSettings' defaults
 
     def session(self) -> SparkSession:
         return build_session(self.settings())
