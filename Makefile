@@ -9,7 +9,7 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 # pip's configured find-links/extra-index locations that do not exist here are noise, not errors.
 QUIET_PIP := grep -v "^WARNING: Location" || true
 
-.PHONY: install demo test lint contracts defs pytest bench ui lock clean
+.PHONY: install demo test lint contracts defs pytest bench ui mlflow-ui lock clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@command -v java >/dev/null || { echo "Java 17 is required for Spark (apt-get install openjdk-17-jre-headless)"; exit 1; }
@@ -50,7 +50,12 @@ bench: install
 
 ## The Dagster UI on the same instance `make demo` uses.
 ui: install
-	DAGSTER_HOME=$${DAGSTER_HOME:-$(CURDIR)/.cptdata/dagster} $(BIN)/dagster dev -m orchestration.definitions -h 127.0.0.1
+	export DAGSTER_HOME=$${DAGSTER_HOME:-$(CURDIR)/.cptdata/dagster} && $(BIN)/cptdata register && \
+	  $(BIN)/dagster dev -m orchestration.definitions -h 127.0.0.1
+
+## The MLflow UI over the quick-start tracking store (pilot runs, law fits, registered models).
+mlflow-ui: install
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/.cptdata/mlflow.db --host 127.0.0.1 --port 5000
 
 ## Re-pin every dependency after changing pyproject.toml.
 lock:

@@ -51,16 +51,35 @@ class SparkResource(dg.ConfigurableResource):
 
 
 class MlflowResource(dg.ConfigurableResource):
-    """Where fits and pilot runs are recorded (a local SQLite store by default)."""
+    """Where fits and pilot runs are recorded (a local SQLite store by default) and where its UI is served."""
 
     tracking_uri: str
-    experiment: str = "cptdata"
+    registry_uri: str | None = None  # default: the tracking store
+    experiment_prefix: str = "cptdata"  # experiments are "<prefix>/<stage>", e.g. cptdata/pilots
+    ui_url: str | None = None  # e.g. http://127.0.0.1:5000 (``make mlflow-ui``); run links point there
 
     def client(self):
         import mlflow
 
-        mlflow.set_tracking_uri(self.tracking_uri)
-        return mlflow.MlflowClient(self.tracking_uri)
+        return mlflow.MlflowClient(self.tracking_uri, self.registry_uri or self.tracking_uri)
+
+    def experiment_id(self, stage: str) -> str:
+        """The id of ``<prefix>/<stage>``, created on first use (safe when two runs create it at once)."""
+        from mlflow.exceptions import MlflowException
+
+        client, name = self.client(), f"{self.experiment_prefix}/{stage}"
+        found = client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        try:
+            return client.create_experiment(name)
+        except MlflowException:
+            return client.get_experiment_by_name(name).experiment_id
+
+    def run_link(self, experiment_id: str, run_id: str) -> dg.MetadataValue:
+        if self.ui_url:
+            return dg.MetadataValue.url(f"{self.ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}")
+        return dg.MetadataValue.text(f"runs:/{run_id} in {self.tracking_uri}")
 
 
 class SourceConfig(dg.Config):

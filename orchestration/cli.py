@@ -24,13 +24,29 @@ ASSET_PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
 ASSET_PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 
+# The quick-start instance: SQLite storage in $DAGSTER_HOME; runs that train (the cpt_training pool) queue one at a
+# time, so a UI backfill of every pilot partition does not oversubscribe a laptop.
+QUICKSTART_INSTANCE = """\
+concurrency:
+  pools:
+    granularity: run
+    default_limit: 1
+  runs:
+    max_concurrent_runs: 2
+telemetry:
+  enabled: false
+"""
+
+
 def _instance() -> dg.DagsterInstance:
     """The instance under $DAGSTER_HOME, defaulting to ``<CPTDATA_HOME>/dagster`` so the UI sees the same runs."""
     if not os.environ.get("DAGSTER_HOME"):
         os.environ["DAGSTER_HOME"] = str(load_profile(os.environ).home / "dagster")
     home = Path(os.environ["DAGSTER_HOME"])
     home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").touch()  # an empty file: the default SQLite storage in this folder
+    config = home / "dagster.yaml"
+    if not config.exists() or not config.read_text().strip():
+        config.write_text(QUICKSTART_INSTANCE)
     return dg.DagsterInstance.get()
 
 

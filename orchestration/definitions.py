@@ -7,8 +7,8 @@ from collections.abc import Mapping
 
 import dagster as dg
 
-from assets import corpus, models, scores
-from orchestration.jobs import base_model_job, ingest_corpus_job, score_corpus_job
+from assets import corpus, landscape, models, pilots, scores
+from orchestration.jobs import ALL_JOBS
 from orchestration.profiles import load_profile
 from orchestration.schedules import daily_corpus_build
 from orchestration.sensors import corpus_landing_sensor
@@ -17,9 +17,9 @@ from orchestration.sensors import corpus_landing_sensor
 def build_definitions(env: Mapping[str, str]) -> dg.Definitions:
     profile = load_profile(env)
     return dg.Definitions(
-        assets=dg.load_assets_from_modules([corpus, models, scores]),
-        asset_checks=dg.load_asset_checks_from_modules([corpus, models, scores]),
-        jobs=[ingest_corpus_job, base_model_job, score_corpus_job],
+        assets=dg.load_assets_from_modules([corpus, models, scores, landscape, pilots]),
+        asset_checks=dg.load_asset_checks_from_modules([corpus, models, scores, landscape, pilots]),
+        jobs=ALL_JOBS,
         schedules=[daily_corpus_build],
         sensors=[corpus_landing_sensor],
         resources=profile.resources(),

@@ -78,7 +78,10 @@ def load_profile(env: Mapping[str, str]) -> Profile:
         landing_dir=env.get("CPTDATA_LANDING", str(home / "landing")),
         max_reject_rate=float(env.get("CPTDATA_MAX_REJECT_RATE", "0.01")),
     )
-    mlflow = MlflowResource(tracking_uri=env.get("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}"))
+    mlflow = MlflowResource(
+        tracking_uri=env.get("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}"),
+        ui_url=env.get("CPTDATA_MLFLOW_UI", "http://127.0.0.1:5000"),
+    )
     if name == "cluster":
         if "CPTDATA_DELTA_ROOT" not in env:
             raise ValueError("the cluster profile needs CPTDATA_DELTA_ROOT (e.g. s3://bucket/cptdata)")

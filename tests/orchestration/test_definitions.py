@@ -21,6 +21,18 @@ GRAPH = {
         "partitions": "corpus_sources",
         "deps": ["corpus/documents", "models/base_model"],
     },
+    "landscape/histograms": {"group": "landscape", "partitions": None, "deps": ["scores/chunk_perplexity"]},
+    "landscape/regimes": {"group": "landscape", "partitions": None, "deps": ["landscape/histograms"]},
+    "pilots/regime_runs": {
+        "group": "pilots",
+        "partitions": "regime(12) × size(2)",
+        "deps": ["landscape/regimes", "models/base_model", "scores/chunk_perplexity"],
+    },
+    "pilots/mixture_runs": {
+        "group": "pilots",
+        "partitions": "0, 1/8, 1/4, 1/3, 1/2, 3/4, 1",
+        "deps": ["models/base_model", "scores/chunk_perplexity"],
+    },
 }
 CHECKS = {
     "scores/chunk_perplexity:every_train_chunk_scored",
@@ -29,7 +41,18 @@ CHECKS = {
     "corpus/documents:reject_rate_below_threshold",
     "corpus/documents:schema_matches_contract",
     "corpus/documents:unique_doc_ids",
+    "landscape/histograms:histogram_mass_equals_chunk_count",
 }
+
+
+def partitions_of(definition) -> str | None:
+    if definition is None:
+        return None
+    if isinstance(definition, dg.MultiPartitionsDefinition):
+        return " × ".join(f"{d.name}({len(d.partitions_def.get_partition_keys())})" for d in definition.partitions_defs)
+    if isinstance(definition, dg.StaticPartitionsDefinition):
+        return ", ".join(definition.get_partition_keys())
+    return definition.name
 
 
 def test_asset_graph_snapshot(tmp_path):
@@ -38,7 +61,7 @@ def test_asset_graph_snapshot(tmp_path):
     snapshot = {
         key.to_user_string(): {
             "group": graph.get(key).group_name,
-            "partitions": graph.get(key).partitions_def.name if graph.get(key).partitions_def else None,
+            "partitions": partitions_of(graph.get(key).partitions_def),
             "deps": sorted(p.to_user_string() for p in graph.get(key).parent_keys),
         }
         for key in graph.get_all_asset_keys()
@@ -47,7 +70,7 @@ def test_asset_graph_snapshot(tmp_path):
     checks = {f"{k.asset_key.to_user_string()}:{k.name}" for k in graph.asset_check_keys}
     assert checks == CHECKS
     assert all(graph.get_check_spec(k).blocking for k in graph.asset_check_keys)
-    assert {j.name for j in defs.jobs} >= {"ingest_corpus", "base_model", "score_corpus"}
+    assert {j.name for j in defs.jobs} >= {"ingest_corpus", "base_model", "score_corpus", "landscape", "regime_pilots"}
     assert {s.name for s in defs.sensors} == {"corpus_landing_sensor"}
     assert {s.name for s in defs.schedules} == {"daily_corpus_build"}
 

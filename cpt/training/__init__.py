@@ -1,0 +1,1 @@
+"""Continual pre-training: the trainer the pilot runs use."""

@@ -1,0 +1,36 @@
+"""The data contract of the pilot tables: one row per evaluation point of one pilot run.
+
+``pilots/regime_runs`` and ``pilots/mixture_runs`` share it; each is partitioned by ``partition`` (the Dagster
+partition key), so re-running a partition replaces exactly its rows.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+PILOT_POINTS_SCHEMA = pa.schema(
+    [
+        pa.field("partition", pa.string()),  # Dagster partition key, e.g. "window-c0.50-w0.20|64000" or "1/8"
+        pa.field("regime", pa.string()),  # regime name ("mixture" for mixture runs)
+        pa.field("mix_ratio", pa.float64()),  # R = domain tokens / all tokens trained on
+        pa.field("size_tokens", pa.int64()),  # D (regime runs) or T_max (mixture runs): the token budget
+        pa.field("train_chunks", pa.int64()),  # distinct domain chunks in the training subset
+        pa.field("mu", pa.float64()),  # mean chunk PPL of the domain chunks trained on
+        pa.field("sigma", pa.float64()),  # population std of their chunk PPL
+        pa.field("log_mu", pa.float64()),  # the same in log-PPL
+        pa.field("log_sigma", pa.float64()),
+        pa.field("step", pa.int64()),
+        pa.field("tokens", pa.int64()),  # T: tokens trained on at this point
+        pa.field("domain_tokens", pa.int64()),
+        pa.field("general_tokens", pa.int64()),
+        pa.field("domain_loss", pa.float64()),  # mean NLL per token on the held-out domain chunks
+        pa.field("general_loss", pa.float64()),  # ... on the held-out general chunks
+        pa.field("train_loss", pa.float64()),
+        pa.field("learning_rate", pa.float64()),
+        pa.field("is_final", pa.bool_()),
+        pa.field("model_revision", pa.string()),
+        pa.field("mlflow_run_id", pa.string()),
+        pa.field("dagster_run_id", pa.string()),
+        pa.field("config_hash", pa.string()),
+    ]
+)

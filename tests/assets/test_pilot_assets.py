@@ -1,0 +1,139 @@
+"""Corpus → base model → scores → landscape → pilot runs through Dagster, on a slice of the sample corpora.
+
+Real ingestion, a self-pretrained tiny base model, real Spark scoring and landscape, real training, real MLflow.
+"""
+
+import gzip
+import json
+from itertools import islice
+
+import dagster as dg
+import mlflow
+import pyarrow.compute as pc
+import pytest
+
+from assets.landscape import REGIMES_TABLE
+from assets.pilots import MIXTURE_RUNS_TABLE, REGIME_RUNS_TABLE
+from cpt.delta_store import DeltaStore
+from cpt.landscape.regimes import regime_tokens_prefix
+from orchestration.cli import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+from orchestration.definitions import build_definitions
+from spark_jobs.scoring import SCORES_TABLE
+
+pytestmark = pytest.mark.spark
+
+WINDOW = {"window_length": 64, "min_tokens": 8}
+PILOT = WINDOW | {"eval_tokens": 400, "learning_rate": 3e-3, "micro_batch_size": 4, "evals": 2}
+RUN_CONFIG = {
+    "ops": {
+        "scores__chunk_perplexity": {"config": WINDOW},
+        "landscape__regimes": {"config": {"min_tokens": 900}},
+        "pilots__regime_runs": {"config": PILOT | {"size_tokens": {"small": 300, "large": 900}}},
+        "pilots__mixture_runs": {"config": PILOT | {"t_max_tokens": 800, "evals": 4}},
+    }
+}
+
+
+def slice_of(corpora, name, out, n, **fields):
+    with gzip.open(corpora / name, "rt") as src:
+        records = [json.loads(line) | fields for line in islice(src, n)]
+    for r in records:
+        r["text"] = r["text"][:1500]
+    out.write_text("\n".join(json.dumps(r) for r in records))
+    return str(out)
+
+
+def run(defs, job, instance, **kwargs):
+    job_def = defs.resolve_job_def(job)
+    ops = {k: v for k, v in RUN_CONFIG["ops"].items() if job_def.graph.has_node_named(k)}
+    result = job_def.execute_in_process(instance=instance, raise_on_error=False, run_config={"ops": ops}, **kwargs)
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+    return result
+
+
+@pytest.fixture(scope="module")
+def graph(tmp_path_factory, corpora_dir):
+    tmp = tmp_path_factory.mktemp("pilots")
+    sources = [
+        ("dom", "med_medquad.jsonl.gz", "domain", "train", 120),
+        ("dom_eval", "med_abstracts_tc_test.jsonl.gz", "domain", "eval", 12),
+        ("gen", "gen_austen.jsonl.gz", "general", "train", 60),
+        ("gen_eval", "gen_sotu.jsonl.gz", "general", "eval", 6),
+    ]
+    entries = [
+        {"name": n, "path": slice_of(corpora_dir, f, tmp / f"{n}.jsonl", k), "format": "jsonl", "role": r, "split": s}
+        for n, f, r, s, k in sources
+    ]
+    (tmp / "sources.json").write_text(json.dumps(entries))
+    env = {
+        "CPTDATA_HOME": str(tmp / "home"),
+        "CPTDATA_SOURCES": str(tmp / "sources.json"),
+        "CPTDATA_PRETRAIN_TOKENS": "8192",
+    }
+    defs = build_definitions(env)
+    with dg.instance_for_test() as instance:
+        names = [e["name"] for e in entries]
+        instance.add_dynamic_partitions("corpus_sources", names)
+        for name in names:
+            run(defs, "ingest_corpus", instance, partition_key=name)
+        run(defs, "base_model", instance)
+        tags = {ASSET_PARTITION_RANGE_START_TAG: names[0], ASSET_PARTITION_RANGE_END_TAG: names[-1]}
+        run(defs, "score_corpus", instance, tags=tags)
+        run(defs, "landscape", instance)
+        yield defs, instance, DeltaStore(str(tmp / "home" / "delta")), env
+
+
+def final_meta(result):
+    mat = result.get_asset_materialization_events()[0].event_specific_data.materialization
+    return {k: v.value for k, v in mat.metadata.items()}
+
+
+def test_a_regime_run_trains_on_its_draw_and_reruns_replace_its_curve(graph):
+    defs, instance, store, env = graph
+    key = dg.MultiPartitionKey({"regime": "window-c0.50-w0.20", "size": "large"})
+    first = run(defs, "regime_pilots", instance, partition_key=key)
+    rows = store.read(REGIME_RUNS_TABLE)
+    assert rows.num_rows == 3  # T = 0, one mid-run evaluation, the end
+    assert set(rows["partition"].to_pylist()) == {str(key)}
+    assert rows["tokens"].to_pylist()[0] == 0 and rows["tokens"].to_pylist()[-1] >= 900
+    assert rows["is_final"].to_pylist() == [False, False, True]
+
+    regime = store.read(REGIMES_TABLE, filters=[("name", "=", "window-c0.50-w0.20")])
+    scores = store.read(SCORES_TABLE)
+    ids = regime["chunk_ids"][0].as_py()
+    n_tok = dict(zip(scores["chunk_id"].to_pylist(), scores["n_tokens"].to_pylist(), strict=True))
+    ppl = dict(zip(scores["chunk_id"].to_pylist(), scores["ppl"].to_pylist(), strict=True))
+    draw = regime_tokens_prefix(ids, n_tok, ppl, 900, seed=0)
+    assert rows["mu"][0].as_py() == pytest.approx(draw.stats.mu) and rows["train_chunks"][0].as_py() == draw.stats.count
+    meta = final_meta(first)
+    assert meta["domain_loss_final"] < meta["domain_loss_T0"]  # training on the domain lowers the domain loss
+
+    client = mlflow.MlflowClient(f"sqlite:///{env['CPTDATA_HOME']}/mlflow.db")
+    run_id = rows["mlflow_run_id"][0].as_py()
+    tracked = client.get_run(run_id)
+    assert tracked.data.tags["dagster.partition"] == str(key) and tracked.data.tags["dagster.run_id"] == first.run_id
+    assert tracked.info.status == "FINISHED"
+    history = client.get_metric_history(run_id, "domain_loss")
+    assert [m.step for m in history] == rows["tokens"].to_pylist()
+
+    version = store.version(REGIME_RUNS_TABLE)
+    run(defs, "regime_pilots", instance, partition_key=key)  # a retry of the partition replaces its curve
+    again = store.read(REGIME_RUNS_TABLE)
+    assert store.version(REGIME_RUNS_TABLE) == version + 1 and again.num_rows == rows.num_rows
+    assert again["domain_loss"].to_pylist() == pytest.approx(rows["domain_loss"].to_pylist(), abs=1e-6)  # seeded
+
+
+def test_mixture_runs_hold_their_ratio_and_share_the_t0_point(graph):
+    defs, instance, store, _ = graph
+    for ratio in ("0", "1/3"):
+        run(defs, "mixture_pilots", instance, partition_key=ratio)
+    rows = store.read(MIXTURE_RUNS_TABLE)
+    assert sorted(set(rows["partition"].to_pylist())) == ["0", "1/3"]
+    final = rows.filter(rows["is_final"])
+    by_ratio = {r["partition"]: r for r in final.to_pylist()}
+    assert by_ratio["0"]["domain_tokens"] == 0
+    share = by_ratio["1/3"]["domain_tokens"] / by_ratio["1/3"]["tokens"]
+    assert share == pytest.approx(1 / 3, abs=0.1)  # within a chunk or two of the ratio at this tiny budget
+    start = rows.filter(pc.equal(rows["tokens"], 0))
+    assert start.num_rows == 2 and len(set(start["domain_loss"].to_pylist())) == 1  # same base model, same eval set
+    assert set(rows["general_loss"].to_pylist()) and all(x == x for x in rows["general_loss"].to_pylist())

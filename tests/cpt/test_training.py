@@ -1,0 +1,87 @@
+"""The CPT trainer: it learns, its T = 0 evaluation is the scorer's loss, it never trains on an eval chunk."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cpt.models.base_model import load_model, load_tokenizer
+from cpt.scoring.scorer import ChunkScorer
+from cpt.scoring.windows import WindowPolicy, chunk_documents
+from cpt.training.trainer import TrainConfig, continue_pretraining, lr_at, mixed_stream
+from tests.conftest import TINY_TEXTS
+
+POLICY = WindowPolicy(length=16, min_tokens=4)
+
+
+@pytest.fixture
+def tiny(tiny_model_dir):
+    tokenizer = load_tokenizer(tiny_model_dir)
+    chunks = chunk_documents(
+        tokenizer, [f"d{i}" for i in range(len(TINY_TEXTS))], TINY_TEXTS, POLICY, tokenizer_hash="tiny"
+    )
+    return load_model(tiny_model_dir)[0], tokenizer, chunks
+
+
+def test_three_steps_lower_the_training_loss_and_t0_equals_the_scorer(tiny):
+    model, tokenizer, chunks = tiny
+    train, domain_eval, general_eval = chunks[:8], chunks[-6:-3], chunks[-3:]
+    scored, _ = ChunkScorer(load_model(model.name_or_path)[0], pad_id=tokenizer.pad_token_id).score(domain_eval)
+    scorer_loss = sum(s.sum_nll for s in scored) / sum(s.n_tokens for s in scored)
+    pool_tokens = sum(c.n_predicted for c in train)  # one step of 8 sequences = one pass over the 8 train chunks
+    config = TrainConfig(token_budget=3 * pool_tokens, micro_batch_size=8, learning_rate=1e-2, warmup_steps=1, seed=0)
+    seen = []
+
+    result = continue_pretraining(
+        model,
+        domain_train=train,
+        general_train=[],
+        domain_eval=domain_eval,
+        general_eval=general_eval,
+        config=config,
+        pad_id=tokenizer.pad_token_id,
+        on_eval=seen.append,
+        device=torch.device("cpu"),
+    )
+
+    assert result.steps == 3 and result.tokens == 3 * pool_tokens
+    assert result.initial.tokens == 0 and result.initial.domain_loss == pytest.approx(scorer_loss, abs=1e-5)
+    after = ChunkScorer(model, pad_id=tokenizer.pad_token_id).score(train)[0]
+    before = ChunkScorer(load_model(model.name_or_path)[0], pad_id=tokenizer.pad_token_id).score(train)[0]
+    assert sum(s.sum_nll for s in after) < 0.95 * sum(s.sum_nll for s in before)  # training loss went down
+    assert result.final.domain_loss < result.initial.domain_loss
+    assert list(result.curve) == seen  # every point left through the callback
+
+
+def test_training_on_an_eval_chunk_is_refused(tiny):
+    model, tokenizer, chunks = tiny
+    with pytest.raises(ValueError, match="evaluation chunks are also training chunks"):
+        continue_pretraining(
+            model,
+            domain_train=chunks[:5],
+            general_train=[],
+            domain_eval=chunks[4:6],
+            general_eval=[],
+            config=TrainConfig(token_budget=10),
+            pad_id=tokenizer.pad_token_id,
+        )
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1 / 8, 1 / 3, 0.5, 1.0])
+def test_mixed_stream_holds_the_ratio_deterministically(tiny, ratio):
+    _, _, chunks = tiny
+    domain, general = chunks[::2], chunks[1::2]
+    first = [next(s) for s in [mixed_stream(domain, general, ratio, seed=3)] for _ in range(400)]
+    again = [next(s) for s in [mixed_stream(domain, general, ratio, seed=3)] for _ in range(400)]
+    assert [c.chunk_id for c, _ in first] == [c.chunk_id for c, _ in again]
+    domain_tokens = sum(c.n_predicted for c, is_domain in first if is_domain)
+    assert domain_tokens / sum(c.n_predicted for c, _ in first) == pytest.approx(ratio, abs=0.01)
+    assert all((c in domain) == is_domain for c, is_domain in first)
+
+
+def test_schedules_warm_up_then_hold_or_decay():
+    constant = TrainConfig(token_budget=1, learning_rate=1.0, warmup_steps=4, schedule="constant")
+    cosine = TrainConfig(token_budget=1, learning_rate=1.0, warmup_steps=4, schedule="cosine", min_lr_ratio=0.1)
+    assert [lr_at(s, 20, constant) for s in (0, 3, 10, 19)] == [0.25, 1.0, 1.0, 1.0]
+    assert lr_at(3, 20, cosine) == 1.0 and lr_at(20, 20, cosine) == pytest.approx(0.1)
+    assert 0.1 < lr_at(12, 20, cosine) < 1.0
