@@ -9,7 +9,7 @@ from typing import Any
 import dagster as dg
 import pyarrow as pa
 
-from cpt.delta_store import CommitInfo
+from cpt.delta_store import CommitInfo, DeltaStore
 from cpt.hashing import config_hash
 
 
@@ -35,6 +35,14 @@ def commit_info(
         partition=context.partition_key if context.has_partition_key else None,
         input_versions=dict(input_versions or {}),
     )
+
+
+def require_version(store: DeltaStore, table: str) -> int:
+    """The table's current version, to pin and read; a clear failure when it was never written."""
+    version = store.version(table)
+    if version is None:
+        raise dg.Failure(f"{table} does not exist yet: materialize the asset that writes it (and its partitions) first")
+    return version
 
 
 def table_schema(schema: pa.Schema) -> dg.TableSchema:

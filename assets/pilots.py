@@ -20,7 +20,7 @@ from pydantic import Field
 
 from assets.corpus import DOCUMENTS_TABLE
 from assets.landscape import LARGEST_PILOT_TOKENS, REGIMES, REGIMES_TABLE
-from assets.lineage import commit_info, delta_metadata
+from assets.lineage import commit_info, delta_metadata, require_version
 from assets.models import BASE_MODEL
 from assets.resources import DeltaStoreResource, MlflowResource
 from assets.scores import CHUNK_PERPLEXITY
@@ -55,7 +55,11 @@ mix_ratio_partitions = dg.StaticPartitionsDefinition(list(MIX_RATIOS))
 class PilotConfig(dg.Config):
     """Training hyperparameters and held-out sets of a pilot run (recorded in MLflow and on every row)."""
 
-    learning_rate: float = Field(1e-3, description="peak AdamW learning rate")
+    learning_rate: float = Field(
+        3e-4,
+        description="peak AdamW learning rate; near the base model's final pretraining rate (the quick-start model "
+        "ends at 2e-4): a much higher one re-warms the model and raises general loss even on general data",
+    )
     schedule: str = Field("constant", description="constant (after warmup; the CMR paper's) or cosine")
     warmup_steps: int = 5
     micro_batch_size: int = Field(8, description="sequences per forward pass")
@@ -94,7 +98,7 @@ class RegimeRunConfig(PilotConfig):
 
 
 class MixtureConfig(PilotConfig):
-    evals: int = 8
+    evals: int = Field(12, description="evaluations after T = 0: the trajectory fits need at least 8")
     t_max_tokens: int = Field(64_000, description="T_max: tokens per mixture run, domain and general together")
 
 
@@ -123,7 +127,7 @@ def regime_runs(
     regime_name, budget = keys["regime"], config.size_tokens[keys["size"]]
     store = delta.store()
     inputs = _PilotInputs.load(store, ModelManifest.from_json(base_model), config)
-    versions = inputs.versions | {"landscape/regimes": _require_version(store, REGIMES_TABLE)}
+    versions = inputs.versions | {"landscape/regimes": require_version(store, REGIMES_TABLE)}
     regimes = store.read(REGIMES_TABLE, versions["landscape/regimes"], filters=[("name", "=", regime_name)])
     if regimes.num_rows != 1:
         raise dg.Failure(
@@ -201,8 +205,8 @@ class _PilotInputs:
 
     @classmethod
     def load(cls, store: DeltaStore, manifest: ModelManifest, config: PilotConfig) -> "_PilotInputs":
-        versions = {"scores/chunk_perplexity": _require_version(store, SCORES_TABLE)}
-        versions["corpus/documents"] = _require_version(store, DOCUMENTS_TABLE)
+        versions = {"scores/chunk_perplexity": require_version(store, SCORES_TABLE)}
+        versions["corpus/documents"] = require_version(store, DOCUMENTS_TABLE)
         policy = config.policy()
         scores = store.read(
             SCORES_TABLE,
@@ -235,10 +239,10 @@ class _PilotInputs:
         except ValueError as exc:
             raise dg.Failure(f"cannot draw {budget:,} tokens: {exc}") from exc
 
-    def chunks(self, chunk_ids, tokenizer) -> list[Chunk]:
-        if not chunk_ids:
-            return []
-        doc_ids = self.scores["doc_id"].take([self.by_id[c] for c in chunk_ids]).to_pylist()
+    def chunk_sets(self, tokenizer, *id_lists) -> list[list[Chunk]]:
+        """The chunks of each list of ids, rebuilt from one read of their documents."""
+        wanted = [c for ids in id_lists for c in ids]
+        doc_ids = self.scores["doc_id"].take(pa.array([self.by_id[c] for c in wanted], pa.int64())).to_pylist()
         docs = self.store.read(
             DOCUMENTS_TABLE,
             self.versions["corpus/documents"],
@@ -246,20 +250,25 @@ class _PilotInputs:
             filters=[("doc_id", "in", sorted(set(doc_ids)))],
         )
         text_of = dict(zip(docs["doc_id"].to_pylist(), docs["text"].to_pylist(), strict=True))
-        doc_of = dict(zip(chunk_ids, doc_ids, strict=True))
+        doc_of = dict(zip(wanted, doc_ids, strict=True))
         try:
-            return rebuild_chunks(tokenizer, chunk_ids, doc_of, text_of, self.config.policy(), self.manifest.revision)
+            chunks = rebuild_chunks(tokenizer, wanted, doc_of, text_of, self.config.policy(), self.manifest.revision)
         except ValueError as exc:
             raise dg.Failure(str(exc)) from exc
+        sets, start = [], 0
+        for ids in id_lists:
+            sets.append(chunks[start : start + len(ids)])
+            start += len(ids)
+        return sets
 
-    def held_out(self, role: str, tokenizer) -> list[Chunk]:
+    def held_out_ids(self, role: str) -> tuple[str, ...]:
         """The fixed evaluation chunks of a role: a seeded draw of ``eval_tokens`` from its eval split."""
         pool = self.pool(role, "eval")
         if not pool:
             raise dg.Failure(f"no {role} eval chunks are scored: a pilot needs held-out {role} data")
         available = sum(self.scores["n_tokens"].take([self.by_id[c] for c in pool]).to_pylist())
         budget = min(self.config.eval_tokens, available)
-        return self.chunks(self.draw(pool, budget, seed=self.config.seed + 1).chunk_ids, tokenizer)
+        return self.draw(pool, budget, seed=self.config.seed + 1).chunk_ids
 
 
 def _run(
@@ -281,8 +290,9 @@ def _run(
     """Train one pilot, track it in MLflow, replace the partition's curve in Delta, and report."""
     manifest = inputs.manifest
     model, tokenizer = load_model(manifest.path)
-    domain_eval, general_eval = inputs.held_out("domain", tokenizer), inputs.held_out("general", tokenizer)
-    domain_train, general_train = inputs.chunks(domain_ids, tokenizer), inputs.chunks(general_ids, tokenizer)
+    domain_eval, general_eval, domain_train, general_train = inputs.chunk_sets(
+        tokenizer, inputs.held_out_ids("domain"), inputs.held_out_ids("general"), domain_ids, general_ids
+    )
     tags = lineage_tags(context, versions, base_model_revision=manifest.revision, base_model_source=manifest.source)
     run_name = f"{context.asset_key.path[-1]}:{context.partition_key}"
     tracked = start_run(mlflow, "pilots", run_name, tags, params | {"train": asdict(train_config)})
@@ -387,10 +397,3 @@ def _curve_markdown(result: TrainResult) -> dg.MetadataValue:
     return dg.MetadataValue.md(
         "| T | domain tokens | domain loss | general loss | train loss |\n|---|---|---|---|---|\n" + lines
     )
-
-
-def _require_version(store: DeltaStore, table: str) -> int:
-    version = store.version(table)
-    if version is None:
-        raise dg.Failure(f"{table} does not exist yet: materialize it first")
-    return version

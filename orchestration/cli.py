@@ -3,6 +3,10 @@
 cptdata demo                 register every source, then materialize the whole graph, partition by partition
 cptdata register             register declared and landed sources as corpus_sources partitions
 cptdata ingest SOURCE ...    (re)ingest some sources
+cptdata score [SOURCE ...]   score some (default: all) sources in one run
+cptdata landscape            histograms and regimes of the current scores
+cptdata pilots [regime|mixture]  every pilot partition, one run each (default: both kinds)
+cptdata laws                 fit both scaling laws on the pilot tables (MLflow runs, registered models)
 """
 
 from __future__ import annotations
@@ -16,7 +20,15 @@ import dagster as dg
 
 from assets.partitions import corpus_sources
 from orchestration.definitions import build_definitions
-from orchestration.jobs import base_model_job, ingest_corpus_job, score_corpus_job
+from orchestration.jobs import (
+    base_model_job,
+    fit_laws_job,
+    ingest_corpus_job,
+    landscape_job,
+    mixture_pilots_job,
+    regime_pilots_job,
+    score_corpus_job,
+)
 from orchestration.profiles import load_profile
 
 # Dagster's run tags for a partition range (what a single-run backfill launches).
@@ -76,6 +88,21 @@ def _report(result) -> bool:
             "chunks_scored_now",
             "tokens_per_second",
             "median_ppl",
+            "edges_version",
+            "regimes",
+            "mu",
+            "sigma",
+            "domain_loss_T0",
+            "domain_loss_final",
+            "general_loss_final",
+            "seconds",
+            "r2",
+            "loo_relative_error",
+            "optimum_mu",
+            "optimum_sigma",
+            "cmr",
+            "predicted_cmr",
+            "registered_model",
         )
         meta = {k: v.value for k, v in mat.metadata.items() if k in keys}
         print(f"[cptdata]   {mat.asset_key.to_user_string()}: {meta}", flush=True)
@@ -115,6 +142,29 @@ def score(defs: dg.Definitions, instance: dg.DagsterInstance, names: list[str]) 
     return _report(job.execute_in_process(instance=instance, tags=tags, raise_on_error=False))
 
 
+def landscape(defs: dg.Definitions, instance: dg.DagsterInstance) -> bool:
+    print("[cptdata] landscape ...", flush=True)
+    return _report(defs.resolve_job_def(landscape_job.name).execute_in_process(instance=instance, raise_on_error=False))
+
+
+def pilots(defs: dg.Definitions, instance: dg.DagsterInstance, kinds: list[str]) -> bool:
+    """Every partition of the chosen pilot jobs, one run each, in order (what a UI backfill queues)."""
+    jobs = {"regime": regime_pilots_job.name, "mixture": mixture_pilots_job.name}
+    ok = True
+    for kind in kinds:
+        job = defs.resolve_job_def(jobs[kind])
+        keys = job.partitions_def.get_partition_keys(dynamic_partitions_store=instance)
+        for i, key in enumerate(keys, 1):
+            print(f"[cptdata] {kind} pilot {i}/{len(keys)}: {key} ...", flush=True)
+            ok = _report(job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False)) and ok
+    return ok
+
+
+def laws(defs: dg.Definitions, instance: dg.DagsterInstance) -> bool:
+    print("[cptdata] fit laws ...", flush=True)
+    return _report(defs.resolve_job_def(fit_laws_job.name).execute_in_process(instance=instance, raise_on_error=False))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cptdata", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -124,7 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     p_ingest.add_argument("sources", nargs="+")
     p_score = sub.add_parser("score", help="score the named sources (default: all) in one run")
     p_score.add_argument("sources", nargs="*")
+    sub.add_parser("landscape", help="histograms and regimes of the current scores")
+    sub.add_parser("laws", help="fit both scaling laws on the pilot tables")
+    p_pilots = sub.add_parser("pilots", help="run every pilot partition")
+    p_pilots.add_argument("kinds", nargs="*", metavar="regime|mixture", help="default: both")
     args = parser.parse_args(argv)
+    if args.command == "pilots" and not set(args.kinds) <= {"regime", "mixture"}:
+        parser.error(f"pilot kinds are regime and mixture, not {args.kinds}")
 
     defs = build_definitions(os.environ)
     instance = _instance()
@@ -140,8 +196,21 @@ def main(argv: list[str] | None = None) -> int:
         ok = ingest(defs, instance, args.sources)
     elif args.command == "score":
         ok = score(defs, instance, args.sources or names)
+    elif args.command == "landscape":
+        ok = landscape(defs, instance)
+    elif args.command == "laws":
+        ok = laws(defs, instance)
+    elif args.command == "pilots":
+        ok = pilots(defs, instance, args.kinds or ["regime", "mixture"])
     else:
-        ok = ingest(defs, instance, names) and base_model(defs, instance) and score(defs, instance, names)
+        ok = (
+            ingest(defs, instance, names)
+            and base_model(defs, instance)
+            and score(defs, instance, names)
+            and landscape(defs, instance)
+            and pilots(defs, instance, ["regime", "mixture"])
+            and laws(defs, instance)
+        )
     print(f"[cptdata] {'done' if ok else 'finished with failures'}", flush=True)
     return 0 if ok else 1
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import dagster as dg
 
-from assets import corpus, landscape, models, pilots, scores
+from assets import corpus, landscape, laws, models, pilots, scores
 from orchestration.jobs import ALL_JOBS
 from orchestration.profiles import load_profile
 from orchestration.schedules import daily_corpus_build
@@ -17,8 +17,8 @@ from orchestration.sensors import corpus_landing_sensor
 def build_definitions(env: Mapping[str, str]) -> dg.Definitions:
     profile = load_profile(env)
     return dg.Definitions(
-        assets=dg.load_assets_from_modules([corpus, models, scores, landscape, pilots]),
-        asset_checks=dg.load_asset_checks_from_modules([corpus, models, scores, landscape, pilots]),
+        assets=dg.load_assets_from_modules([corpus, models, scores, landscape, pilots, laws]),
+        asset_checks=dg.load_asset_checks_from_modules([corpus, models, scores, landscape, pilots, laws]),
         jobs=ALL_JOBS,
         schedules=[daily_corpus_build],
         sensors=[corpus_landing_sensor],

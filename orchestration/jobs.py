@@ -38,6 +38,12 @@ mixture_pilots_job = dg.define_asset_job(
     description="One pilot CPT run per mixture-ratio partition; backfill it to run every ratio.",
 )
 
+fit_laws_job = dg.define_asset_job(
+    "fit_laws",
+    selection=dg.AssetSelection.groups("laws"),
+    description="Fit both scaling laws on the pilot tables; record and register them in MLflow.",
+)
+
 ALL_JOBS = [
     ingest_corpus_job,
     base_model_job,
@@ -45,4 +51,5 @@ ALL_JOBS = [
     landscape_job,
     regime_pilots_job,
     mixture_pilots_job,
+    fit_laws_job,
 ]

@@ -33,6 +33,8 @@ GRAPH = {
         "partitions": "0, 1/8, 1/4, 1/3, 1/2, 3/4, 1",
         "deps": ["models/base_model", "scores/chunk_perplexity"],
     },
+    "laws/ppl_law": {"group": "laws", "partitions": None, "deps": ["pilots/regime_runs"]},
+    "laws/cmr": {"group": "laws", "partitions": None, "deps": ["pilots/mixture_runs"]},
 }
 CHECKS = {
     "scores/chunk_perplexity:every_train_chunk_scored",
@@ -42,6 +44,8 @@ CHECKS = {
     "corpus/documents:schema_matches_contract",
     "corpus/documents:unique_doc_ids",
     "landscape/histograms:histogram_mass_equals_chunk_count",
+    "laws/ppl_law:ppl_law_fit_quality",
+    "laws/cmr:cmr_fit_quality",
 }
 
 

@@ -1,0 +1,456 @@
+"""Stage ``laws``: both scaling laws fitted on the pilot runs, recorded in MLflow and registered as pyfunc models.
+
+- ``laws/ppl_law``: the perplexity-aware data law ``L(μ, σ, D)`` on the final domain losses of the regime runs, its
+  bootstrap intervals and leave-one-run-out error, and the optimal landscape (μ̂, σ̂) the dataset stage selects for.
+- ``laws/cmr``: the CMR analysis of the mixture runs: trajectory fits, T0 per ratio, tolerance and feasible sets, the
+  CMR law and the predicted critical mixture ratio at the target budget, with a λ × ε sensitivity table.
+
+Each fit is one MLflow run (params, metrics, the result JSON, plots, the pyfunc model registered under a stable name)
+and one row of the Delta table ``laws/fits``; blocking checks gate everything downstream on the fit's quality.
+"""
+
+import base64
+import json
+import math
+import tempfile
+from fractions import Fraction
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field
+
+from assets.lineage import commit_info, delta_metadata, require_version
+from assets.pilots import MIXTURE_RUNS, MIXTURE_RUNS_TABLE, REGIME_RUNS, REGIME_RUNS_TABLE
+from assets.resources import DeltaStoreResource, MlflowResource
+from assets.tracking import TrackedRun, finish, lineage_tags, log_metrics, start_run
+from cpt.hashing import config_hash
+from cpt.laws.cmr import CmrOptions, analyse_cmr
+from cpt.laws.errors import LawFitError
+from cpt.laws.ppl_law import PplLawOptions, PplObservations, SupportRegion, fit_ppl_law, ppl_optimum
+
+PPL_LAW = dg.AssetKey(["laws", "ppl_law"])
+CMR = dg.AssetKey(["laws", "cmr"])
+FITS_TABLE = "laws/fits"
+CHECK_PPL_QUALITY = "ppl_law_fit_quality"
+CHECK_CMR_QUALITY = "cmr_fit_quality"
+
+FITS_SCHEMA = pa.schema(
+    [
+        pa.field("law", pa.string()),  # ppl_law | cmr
+        pa.field("fit_key", pa.string()),  # hash of (inputs, config): a rerun on the same inputs replaces its row
+        pa.field("params", pa.string()),  # JSON: the fitted coefficients
+        pa.field("quality", pa.string()),  # JSON: R², RMSE, held-out error, convergence
+        pa.field("result", pa.string()),  # JSON: the full typed result
+        pa.field("config", pa.string()),  # JSON: the fit options
+        pa.field("input_versions", pa.string()),  # JSON: Delta versions of the pilot tables read
+        pa.field("mlflow_run_id", pa.string()),
+        pa.field("registered_model", pa.string()),
+        pa.field("model_version", pa.string()),
+        pa.field("dagster_run_id", pa.string()),
+    ]
+)
+
+
+class PplLawConfig(dg.Config):
+    """Options of the perplexity-aware law fit (recorded with it) and the quality gate."""
+
+    sigma_kind: str = Field("std", description="σ as standard deviation (std) or variance (var)")
+    ppl_space: str = Field("raw", description="statistics of raw PPL (raw) or of log-PPL (log)")
+    n_bootstrap: int = Field(200, description="bootstrap refits over pilot runs for the intervals")
+    ci_level: float = 0.9
+    seed: int = 0
+    max_heldout_relative_error: float = Field(
+        0.05, description="gate: leave-one-run-out RMSE / mean loss must not exceed this"
+    )
+    registered_model: str = "cptdata-ppl-law"
+
+    def options(self) -> PplLawOptions:
+        return PplLawOptions(
+            sigma_kind=self.sigma_kind, ppl_space=self.ppl_space, n_bootstrap=self.n_bootstrap, ci_level=self.ci_level
+        )
+
+
+class CmrConfig(dg.Config):
+    """Options of the CMR analysis (recorded with it) and the quality gate."""
+
+    lam: float = Field(1000.0, description="λ: weight of general against domain loss (the paper used 100–7000)")
+    eps: float = Field(0.05, description="general-loss tolerance ε")
+    relative_eps: bool = Field(False, description="ε as a fraction of L_gen0 instead of absolute")
+    target_tokens: int = Field(256_000, description="the CPT budget the dataset is built for")
+    n_bootstrap: int = 200
+    seed: int = 0
+    max_trajectory_rmse: float = Field(0.05, description="gate: largest RMSE of a trajectory fit (loss units)")
+    registered_model: str = "cptdata-cmr-law"
+
+    def options(self) -> CmrOptions:
+        return CmrOptions(lam=self.lam, eps=self.eps, relative_eps=self.relative_eps, n_bootstrap=self.n_bootstrap)
+
+
+@dg.asset(
+    key=PPL_LAW,
+    deps=[REGIME_RUNS],
+    group_name="laws",
+    kinds={"scipy", "mlflow", "delta"},
+    code_version="ppl-law-v1",
+    check_specs=[
+        dg.AssetCheckSpec(
+            CHECK_PPL_QUALITY,
+            asset=PPL_LAW,
+            blocking=True,
+            description="The fit converged and its leave-one-run-out error is within the configured bound.",
+        )
+    ],
+    description="The perplexity-aware data law L(μ, σ, D) fitted on the final domain losses of the regime pilots: "
+    "parameters with bootstrap intervals, R², RMSE, leave-one-run-out error, and the optimal landscape (μ̂, σ̂).",
+)
+def ppl_law(
+    context: dg.AssetExecutionContext, config: PplLawConfig, delta: DeltaStoreResource, mlflow: MlflowResource
+) -> dg.MaterializeResult:
+    store = delta.store()
+    version = require_version(store, REGIME_RUNS_TABLE)
+    final = _final_points(store.read(REGIME_RUNS_TABLE, version))
+    observations, reference = _observations(final, config)
+    options = config.options()
+    try:
+        fit = fit_ppl_law(observations, options, np.random.default_rng(config.seed))
+        region = SupportRegion.around(observations.mu, observations.sigma)
+        optimum = ppl_optimum(fit.params, region, reference=reference)
+    except LawFitError as exc:
+        raise dg.Failure(f"the perplexity-aware law cannot be fitted on {len(final)} pilot runs: {exc}") from exc
+    result = {"fit": fit.to_json(), "optimum": optimum.to_json(), "runs": list(observations.run_ids)}
+    mean_loss = float(np.mean(observations.loss))
+    heldout = (fit.loo_rmse or math.nan) / mean_loss
+    quality = {
+        "r2": fit.r2,
+        "rmse": fit.rmse,
+        "loo_rmse": fit.loo_rmse,
+        "loo_relative_error": heldout,
+        "converged": fit.converged,
+        "n_runs": fit.n_runs,
+        "n_bootstrap_ok": fit.n_bootstrap_ok,
+    }
+
+    from cpt.laws.plots import ppl_fit_png, ppl_surface_png
+
+    plots = {
+        "observed_vs_predicted.png": ppl_fit_png(fit, observations.loss),
+        "loss_surface.png": ppl_surface_png(
+            fit, observations.mu, observations.sigma, float(np.median(observations.D)), optimum
+        ),
+    }
+    inputs = {REGIME_RUNS_TABLE: version}
+    tracked, model_version = _track(
+        context,
+        mlflow,
+        run_name="ppl_law",
+        inputs=inputs,
+        params={"options": config.model_dump(), "n_points": fit.n_points},
+        metrics={k: v for k, v in quality.items() if isinstance(v, (int, float)) and v is not None},
+        result=result,
+        plots=plots,
+        model=("ppl", config.registered_model),
+    )
+    delta_version = _record(
+        context,
+        store,
+        PPL_LAW,
+        "ppl_law",
+        fit.params.as_dict(),
+        quality,
+        result,
+        config,
+        inputs,
+        tracked,
+        config.registered_model,
+        model_version,
+    )
+    passed = fit.converged and heldout <= config.max_heldout_relative_error
+    return dg.MaterializeResult(
+        metadata=delta_metadata(store.table_uri(FITS_TABLE), delta_version, FITS_SCHEMA, 1)
+        | {
+            "mlflow_run": mlflow.run_link(tracked.experiment_id, tracked.run_id),
+            "registered_model": f"models:/{config.registered_model}/{model_version}",
+            "pilot_runs": fit.n_runs,
+            "r2": fit.r2,
+            "rmse": fit.rmse,
+            "loo_rmse": fit.loo_rmse if fit.loo_rmse is not None else math.nan,
+            "loo_relative_error": heldout,
+            "converged": fit.converged,
+            "params": dg.MetadataValue.json(fit.params.as_dict()),
+            "intervals": dg.MetadataValue.json({k: list(v) for k, v in fit.ci.items()}),
+            "optimum_mu": optimum.mu,
+            "optimum_sigma": optimum.sigma,
+            "optimum_on_boundary": optimum.on_boundary,
+            "warnings": dg.MetadataValue.json(list(fit.warnings)),
+            "input_versions": dg.MetadataValue.json(inputs),
+            **{f"plot_{name[:-4]}": _image(png) for name, png in plots.items()},
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name=CHECK_PPL_QUALITY,
+                passed=bool(passed),
+                metadata={
+                    "loo_relative_error": heldout,
+                    "bound": config.max_heldout_relative_error,
+                    "converged": fit.converged,
+                },
+            )
+        ],
+    )
+
+
+@dg.asset(
+    key=CMR,
+    deps=[MIXTURE_RUNS],
+    group_name="laws",
+    kinds={"scipy", "mlflow", "delta"},
+    code_version="cmr-v1",
+    check_specs=[
+        dg.AssetCheckSpec(
+            CHECK_CMR_QUALITY,
+            asset=CMR,
+            blocking=True,
+            description="Every trajectory fit is within the RMSE bound, and the CMR law was fitted.",
+        )
+    ],
+    description="The critical-mixture-ratio analysis of the mixture pilots: loss trajectories per ratio, T0, the "
+    "tolerance and feasible sets, the CMR, the CMR law and the predicted CMR at the target budget, with a λ × ε "
+    "sensitivity table.",
+)
+def cmr(
+    context: dg.AssetExecutionContext, config: CmrConfig, delta: DeltaStoreResource, mlflow: MlflowResource
+) -> dg.MaterializeResult:
+    store = delta.store()
+    version = require_version(store, MIXTURE_RUNS_TABLE)
+    trajectories, L_dom0, L_gen0, t_max = _trajectories(store.read(MIXTURE_RUNS_TABLE, version))
+    try:
+        analysis = analyse_cmr(
+            trajectories,
+            L_dom0,
+            L_gen0,
+            t_max,
+            config.options(),
+            target_tokens=config.target_tokens,
+            rng=np.random.default_rng(config.seed),
+        )
+    except LawFitError as exc:
+        raise dg.Failure(f"the CMR analysis failed on {len(trajectories)} mixture ratios: {exc}") from exc
+    result = analysis.to_json()
+    worst_rmse = max(max(f.dom_rmse, f.gen_rmse) for f in analysis.fits)
+    quality = {
+        "max_trajectory_rmse": worst_rmse,
+        "cmr_law_fitted": analysis.cmr_law is not None,
+        "n_ratios": len(analysis.fits),
+        "cmr": analysis.cmr,
+        "predicted_cmr": analysis.predicted_cmr,
+    }
+
+    from cpt.laws.plots import cmr_law_png, cmr_trajectories_png
+
+    plots = {"trajectories.png": cmr_trajectories_png(analysis, trajectories), "cmr_law.png": cmr_law_png(analysis)}
+    inputs = {MIXTURE_RUNS_TABLE: version}
+    params = {"cmr_law": result["cmr_law"], "cmr": analysis.cmr, "predicted_cmr": analysis.predicted_cmr}
+    metrics = {
+        "max_trajectory_rmse": worst_rmse,
+        "cmr": analysis.cmr,
+        "L_dom0": L_dom0,
+        "L_gen0": L_gen0,
+        **({"predicted_cmr": analysis.predicted_cmr} if analysis.predicted_cmr is not None else {}),
+    }
+    model = ("cmr", config.registered_model) if analysis.cmr_law is not None else None
+    tracked, model_version = _track(
+        context,
+        mlflow,
+        run_name="cmr",
+        inputs=inputs,
+        params={"options": config.model_dump(), "t_max": t_max, "ratios": sorted(trajectories)},
+        metrics=metrics,
+        result=result,
+        plots=plots,
+        model=model,
+    )
+    delta_version = _record(
+        context,
+        store,
+        CMR,
+        "cmr",
+        params,
+        quality,
+        result,
+        config,
+        inputs,
+        tracked,
+        config.registered_model if model else "",
+        model_version,
+    )
+    passed = worst_rmse <= config.max_trajectory_rmse and analysis.cmr_law is not None
+    return dg.MaterializeResult(
+        metadata=delta_metadata(store.table_uri(FITS_TABLE), delta_version, FITS_SCHEMA, 1)
+        | {
+            "mlflow_run": mlflow.run_link(tracked.experiment_id, tracked.run_id),
+            "registered_model": f"models:/{config.registered_model}/{model_version}" if model else "not registered",
+            "cmr": analysis.cmr,
+            "predicted_cmr": analysis.predicted_cmr if analysis.predicted_cmr is not None else math.nan,
+            "target_tokens": config.target_tokens,
+            "t_max": t_max,
+            "tolerance_set": dg.MetadataValue.json(list(analysis.tolerance_set)),
+            "feasible_set": dg.MetadataValue.json(list(analysis.feasible_set)),
+            "max_trajectory_rmse": worst_rmse,
+            "cmr_law": dg.MetadataValue.json(result["cmr_law"]),
+            "t0_by_ratio": dg.MetadataValue.json({str(f.ratio): [f.t0, f.t0_kind] for f in analysis.fits}),
+            "sensitivity": _sensitivity_markdown(analysis),
+            "notes": dg.MetadataValue.json(list(analysis.notes)),
+            "input_versions": dg.MetadataValue.json(inputs),
+            **{f"plot_{name[:-4]}": _image(png) for name, png in plots.items()},
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name=CHECK_CMR_QUALITY,
+                passed=bool(passed),
+                metadata={
+                    "max_trajectory_rmse": worst_rmse,
+                    "bound": config.max_trajectory_rmse,
+                    "cmr_law_fitted": analysis.cmr_law is not None,
+                },
+            )
+        ],
+    )
+
+
+def _final_points(table: pa.Table) -> pa.Table:
+    final = table.filter(table["is_final"])
+    if final.num_rows == 0:
+        raise dg.Failure(f"{REGIME_RUNS_TABLE} holds no finished pilot run: backfill pilots/regime_runs first")
+    return final
+
+
+def _observations(final: pa.Table, config: PplLawConfig) -> tuple[PplObservations, tuple[float, float] | None]:
+    """One observation per regime run: (μ, σ) of what it trained on, D the tokens it trained on, its domain loss."""
+    log = config.ppl_space == "log"
+    mu = np.asarray(final["log_mu" if log else "mu"].to_numpy(), dtype=np.float64)
+    sigma = np.asarray(final["log_sigma" if log else "sigma"].to_numpy(), dtype=np.float64)
+    if config.sigma_kind == "var":
+        sigma = sigma**2
+    obs = PplObservations(
+        mu=mu,
+        sigma=sigma,
+        D=np.asarray(final["tokens"].to_numpy(), dtype=np.float64),
+        loss=np.asarray(final["domain_loss"].to_numpy(), dtype=np.float64),
+        run_ids=tuple(final["partition"].to_pylist()),
+    )
+    random_rows = [i for i, r in enumerate(final["regime"].to_pylist()) if r == "random"]
+    reference = (float(mu[random_rows[0]]), float(sigma[random_rows[0]])) if random_rows else None
+    return obs, reference
+
+
+def _trajectories(table: pa.Table):
+    """{R: (T, L_dom, L_gen)} per mixture run, the losses before CPT (T = 0, the same base model) and T_max."""
+    if table.num_rows == 0:
+        raise dg.Failure(f"{MIXTURE_RUNS_TABLE} is empty: backfill pilots/mixture_runs first")
+    out = {}
+    for key in sorted(set(table["partition"].to_pylist()), key=Fraction):
+        rows = table.filter(pc.equal(table["partition"], key)).sort_by("tokens")
+        out[float(Fraction(key))] = tuple(
+            np.asarray(rows[c].to_numpy(), dtype=np.float64) for c in ("tokens", "domain_loss", "general_loss")
+        )
+    start = table.filter(pc.equal(table["tokens"], 0))
+    t_max = float(pc.min(table.filter(table["is_final"])["size_tokens"]).as_py())
+    return out, float(pc.mean(start["domain_loss"]).as_py()), float(pc.mean(start["general_loss"]).as_py()), t_max
+
+
+def _track(context, mlflow: MlflowResource, *, run_name, inputs, params, metrics, result, plots, model):
+    """One MLflow run holding the fit: params, metrics, result JSON, plots and (optionally) the registered model."""
+    import mlflow as mlflow_lib
+
+    import cpt
+    from cpt.laws.serving import CmrLawModel, PplLawModel
+
+    tracked = start_run(mlflow, "laws", run_name, lineage_tags(context, inputs), params)
+    client = mlflow.client()
+    ok = False
+    model_version = ""
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            fit_path = Path(tmp, "fit.json")
+            fit_path.write_text(json.dumps(result, indent=2, default=str))
+            for name, png in plots.items():
+                Path(tmp, name).write_bytes(png)
+            client.log_artifacts(tracked.run_id, tmp)
+            log_metrics(mlflow, tracked, [metrics | {"step": 0}], step_key="step")
+            if model is not None:
+                kind, registered = model
+                python_model = PplLawModel() if kind == "ppl" else CmrLawModel()
+                mlflow_lib.set_tracking_uri(mlflow.tracking_uri)
+                mlflow_lib.set_registry_uri(mlflow.registry_uri or mlflow.tracking_uri)
+                example, output = _example(kind)
+                with mlflow_lib.start_run(run_id=tracked.run_id):
+                    info = mlflow_lib.pyfunc.log_model(
+                        name=f"{kind}_law",
+                        python_model=python_model,
+                        artifacts={"fit": str(fit_path)},
+                        code_paths=[str(Path(cpt.__file__).parent)],
+                        signature=mlflow_lib.models.infer_signature(example, output),
+                        input_example=example,
+                        pip_requirements=_pip_requirements(),
+                        registered_model_name=registered,
+                    )
+                model_version = str(info.registered_model_version)
+        ok = True
+    finally:
+        finish(mlflow, tracked, ok)
+    return tracked, model_version
+
+
+def _example(kind: str):
+    """An input row and the shape of the answer, for the model's signature."""
+    import pandas as pd
+
+    if kind == "ppl":
+        return pd.DataFrame({"mu": [400.0], "sigma": [40.0], "D": [48_000.0]}), pd.DataFrame({"loss": [5.7]})
+    return pd.DataFrame({"tokens": [256_000.0]}), pd.DataFrame({"cmr": [0.3]})
+
+
+def _pip_requirements() -> list[str]:
+    """What the served model imports (``cpt`` itself travels in ``code_paths``), at the versions running now."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("mlflow", "numpy", "pandas", "scipy", "threadpoolctl")]
+
+
+def _record(
+    context, store, key, law, params, quality, result, config, inputs, tracked: TrackedRun, registered, model_version
+) -> int:
+    """Replace this fit's row of ``laws/fits`` (same inputs and config → same key → no duplicate)."""
+    fit_key = config_hash({"law": law, "inputs": inputs, "config": config.model_dump()})
+    row = {
+        "law": law,
+        "fit_key": fit_key,
+        "params": json.dumps(params, default=str),
+        "quality": json.dumps(quality, default=str),
+        "result": json.dumps(result, default=str),
+        "config": json.dumps(config.model_dump()),
+        "input_versions": json.dumps(inputs),
+        "mlflow_run_id": tracked.run_id,
+        "registered_model": registered,
+        "model_version": model_version,
+        "dagster_run_id": context.run.run_id,
+    }
+    commit = commit_info(context, key, config.model_dump(), inputs)
+    table = pa.Table.from_pylist([row], schema=FITS_SCHEMA)
+    return store.overwrite(FITS_TABLE, table, commit, predicate=f"law = '{law}' AND fit_key = '{fit_key}'")
+
+
+def _sensitivity_markdown(analysis) -> dg.MetadataValue:
+    lines = "".join(
+        f"| {c.lam:g} | {c.eps:g} | {list(c.feasible_set)} | {c.cmr} | "
+        f"{'—' if c.predicted_cmr is None else f'{c.predicted_cmr:.3f}'} |\n"
+        for c in analysis.sensitivity
+    )
+    return dg.MetadataValue.md("| λ | ε | feasible ratios | CMR | predicted CMR |\n|---|---|---|---|---|\n" + lines)
+
+
+def _image(png: bytes) -> dg.MetadataValue:
+    return dg.MetadataValue.md(f"![plot](data:image/png;base64,{base64.b64encode(png).decode('ascii')})")
