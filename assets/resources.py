@@ -57,6 +57,9 @@ class MlflowResource(dg.ConfigurableResource):
     registry_uri: str | None = None  # default: the tracking store
     experiment_prefix: str = "cptdata"  # experiments are "<prefix>/<stage>", e.g. cptdata/pilots
     ui_url: str | None = None  # e.g. http://127.0.0.1:5000 (``make mlflow-ui``); run links point there
+    # where new experiments keep their artifacts (plots, fits, models); None: the tracking server's default. Set it
+    # for a database store, whose default is ./mlruns under whatever directory the process runs in.
+    artifact_root: str | None = None
 
     def client(self):
         import mlflow
@@ -71,8 +74,9 @@ class MlflowResource(dg.ConfigurableResource):
         found = client.get_experiment_by_name(name)
         if found is not None:
             return found.experiment_id
+        location = f"{self.artifact_root.rstrip('/')}/{name}" if self.artifact_root else None
         try:
-            return client.create_experiment(name)
+            return client.create_experiment(name, artifact_location=location)
         except MlflowException:
             return client.get_experiment_by_name(name).experiment_id
 

@@ -81,6 +81,7 @@ def load_profile(env: Mapping[str, str]) -> Profile:
     mlflow = MlflowResource(
         tracking_uri=env.get("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}"),
         ui_url=env.get("CPTDATA_MLFLOW_UI", "http://127.0.0.1:5000"),
+        artifact_root=None if "MLFLOW_TRACKING_URI" in env else (home / "mlflow-artifacts").as_uri(),
     )
     if name == "cluster":
         if "CPTDATA_DELTA_ROOT" not in env:

@@ -67,7 +67,7 @@ def test_both_laws_fit_register_and_serve(tmp_path):
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     resources = {
         "delta": DeltaStoreResource(root_uri=str(store.root_uri)),
-        "mlflow": MlflowResource(tracking_uri=tracking),
+        "mlflow": MlflowResource(tracking_uri=tracking, artifact_root=(tmp_path / "artifacts").as_uri()),
     }
     config = {
         "ops": {
@@ -114,7 +114,7 @@ def test_a_law_that_cannot_be_fitted_fails_clearly(tmp_path):
     store.overwrite(REGIME_RUNS_TABLE, regime_rows(1).slice(0, 8), COMMIT, predicate=None)  # four runs only
     resources = {
         "delta": DeltaStoreResource(root_uri=str(store.root_uri)),
-        "mlflow": MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"),
+        "mlflow": MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_root=tmp_path.as_uri()),
     }
     result = dg.materialize([ppl_law], resources=resources, raise_on_error=False)
     assert not result.success
