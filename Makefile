@@ -47,6 +47,7 @@ pytest: install
 bench: install
 	$(BIN)/python -m benchmarks.ingest_bench
 	$(BIN)/python -m benchmarks.scoring_bench
+	$(BIN)/python -m benchmarks.law_bench
 
 ## The Dagster UI on the same instance `make demo` uses.
 ui: install

@@ -70,6 +70,9 @@ def register(defs: dg.Definitions, instance: dg.DagsterInstance) -> list[str]:
     return names
 
 
+GATES_FAILED: list[str] = []  # blocking quality checks that failed in this invocation
+
+
 def _report(result) -> bool:
     shown = set()
     for event in result.get_asset_materialization_events():
@@ -106,12 +109,21 @@ def _report(result) -> bool:
         )
         meta = {k: v.value for k, v in mat.metadata.items() if k in keys}
         print(f"[cptdata]   {mat.asset_key.to_user_string()}: {meta}", flush=True)
-    for check in result.get_asset_check_evaluations():
-        if not check.passed:
-            print(f"[cptdata]   check FAILED: {check.check_name} {check.metadata}", flush=True)
-    if not result.success:
-        print(f"[cptdata]   run {result.run_id} FAILED", flush=True)
-    return result.success
+    failed_checks = [c for c in result.get_asset_check_evaluations() if not c.passed]
+    for check in failed_checks:
+        meta = {k: v.value for k, v in check.metadata.items()}
+        print(f"[cptdata]   check FAILED: {check.asset_key.to_user_string()}:{check.check_name} {meta}", flush=True)
+    if result.success:
+        return True
+    errors = [e.event_specific_data.error for e in result.all_events if e.is_step_failure]
+    if failed_checks and all(err.cls_name == "DagsterAssetCheckFailedError" for err in errors):
+        # The stage ran and recorded its result; its quality gate says the result is not good enough, which blocks
+        # what depends on it. That is a finding to report, not a failure of the pipeline.
+        GATES_FAILED.extend(f"{c.asset_key.to_user_string()}:{c.check_name}" for c in failed_checks)
+        print(f"[cptdata]   run {result.run_id}: a blocking quality gate failed; downstream stays blocked", flush=True)
+        return True
+    print(f"[cptdata]   run {result.run_id} FAILED", flush=True)
+    return False
 
 
 def ingest(defs: dg.Definitions, instance: dg.DagsterInstance, names: list[str]) -> bool:
@@ -211,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
             and pilots(defs, instance, ["regime", "mixture"])
             and laws(defs, instance)
         )
-    print(f"[cptdata] {'done' if ok else 'finished with failures'}", flush=True)
+    gates = f"; quality gates that failed (see their metadata): {', '.join(GATES_FAILED)}" if GATES_FAILED else ""
+    print(f"[cptdata] {'done' if ok else 'finished with failures'}{gates}", flush=True)
     return 0 if ok else 1
 
 

@@ -849,3 +849,66 @@ def _gen_draws_in_tokens(draws: np.ndarray, t_scale: float) -> np.ndarray:
             draws[:, 4],
         ]
     )
+
+
+# --- held-out error -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HeldOutError:
+    """How well the trajectory forms extrapolate: fitted on the early checkpoints, scored on the last ones."""
+
+    holdout_fraction: float
+    per_ratio: dict[float, tuple[float, float]]  # R → (domain RMSE, general RMSE) on the held-out checkpoints
+    rmse: float  # over every held-out checkpoint of every ratio, both losses
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "holdout_fraction": self.holdout_fraction,
+            "per_ratio": {str(r): [json_number(d), json_number(g)] for r, (d, g) in self.per_ratio.items()},
+            "rmse": json_number(self.rmse),
+        }
+
+
+def trajectory_heldout_error(
+    trajectories: Mapping[float, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    L_dom0: float,
+    L_gen0: float,
+    holdout_fraction: float = 0.25,
+) -> HeldOutError:
+    """Refit each ratio's trajectories on the checkpoints with ``T ≤ (1 − holdout_fraction)·T_last`` and measure the
+    error of their predictions at the later checkpoints: the extrapolation the CMR analysis relies on."""
+    if not 0 < holdout_fraction < 1:
+        raise ValueError(f"holdout_fraction must lie in (0, 1), got {holdout_fraction}")
+    per_ratio, squares = {}, []
+    with single_threaded_blas(), captured_warnings():
+        for r, (T, dom, gen) in sorted(trajectories.items()):
+            T, dom, gen = (np.asarray(a, dtype=np.float64) for a in (T, dom, gen))
+            cutoff = (1 - holdout_fraction) * T.max()
+            early = cutoff >= T
+            late = ~early
+            if late.sum() == 0:
+                raise TooFewPoints(f"held-out checkpoints at R={r}", 0, 1, "evaluate more often")
+            dom_fit = fit_dom_trajectory(T[early], dom[early] - L_dom0)
+            gen_fit = fit_gen_trajectory(T[early], gen[early] - L_gen0)
+            err_dom = dom_fit.value(T[late]) - (dom[late] - L_dom0)
+            err_gen = gen_fit.value(T[late]) - (gen[late] - L_gen0)
+            per_ratio[float(r)] = (float(np.sqrt(np.mean(err_dom**2))), float(np.sqrt(np.mean(err_gen**2))))
+            squares.extend((err_dom**2).tolist() + (err_gen**2).tolist())
+    return HeldOutError(holdout_fraction, per_ratio, float(np.sqrt(np.mean(squares))))
+
+
+def cmr_law_residual(analysis: CmrAnalysis) -> float | None:
+    """RMSE (in R) of the fitted CMR law at its own (T0, R) points; None without a law."""
+    if analysis.cmr_law is None or not analysis.cmr_law_points:
+        return None
+    t0, r = np.array(analysis.cmr_law_points, dtype=np.float64).T
+    return float(np.sqrt(np.mean((analysis.cmr_law.predict(t0) - r) ** 2)))
+
+
+def cmr_law_at_bound(law: CmrLaw | None, rtol: float = 1e-3) -> bool:
+    """Whether the fitted exponent sits on its search bound (the data did not determine it)."""
+    if law is None:
+        return False
+    lo, hi = CMR_EXPONENTS
+    return bool(abs(law.s4 - lo) <= rtol * (hi - lo) or abs(law.s4 - hi) <= rtol * (hi - lo))

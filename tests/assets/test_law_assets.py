@@ -84,7 +84,7 @@ def test_both_laws_fit_register_and_serve(tmp_path):
     assert ppl_meta["r2"] > 0.99 and ppl_meta["loo_relative_error"] < 0.01
     assert "data:image/png;base64," in ppl_meta["plot_observed_vs_predicted"]
     cmr_meta = {k: v.value for k, v in result.asset_materializations_for_node("laws__cmr")[0].metadata.items()}
-    assert 0.0 < cmr_meta["cmr"] <= 1.0
+    assert 0.0 < cmr_meta["cmr"] <= 1.0 and cmr_meta["heldout_rmse"] < 0.01  # the forms extrapolate their own data
 
     mlflow.set_tracking_uri(tracking)
     mlflow.set_registry_uri(tracking)
