@@ -415,15 +415,13 @@ def _track(context, mlflow: MlflowResource, *, run_name, inputs, params, metrics
                 python_model = PplLawModel() if kind == "ppl" else CmrLawModel()
                 mlflow_lib.set_tracking_uri(mlflow.tracking_uri)
                 mlflow_lib.set_registry_uri(mlflow.registry_uri or mlflow.tracking_uri)
-                example, output = _example(kind)
                 with mlflow_lib.start_run(run_id=tracked.run_id):
                     info = mlflow_lib.pyfunc.log_model(
                         name=f"{kind}_law",
                         python_model=python_model,
                         artifacts={"fit": str(fit_path)},
                         code_paths=[str(Path(cpt.__file__).parent)],
-                        signature=mlflow_lib.models.infer_signature(example, output),
-                        input_example=example,
+                        signature=False,  # the model checks its columns itself and takes ints or floats
                         pip_requirements=_pip_requirements(),
                         registered_model_name=registered,
                     )
@@ -432,15 +430,6 @@ def _track(context, mlflow: MlflowResource, *, run_name, inputs, params, metrics
     finally:
         finish(mlflow, tracked, ok)
     return tracked, model_version
-
-
-def _example(kind: str):
-    """An input row and the shape of the answer, for the model's signature."""
-    import pandas as pd
-
-    if kind == "ppl":
-        return pd.DataFrame({"mu": [400.0], "sigma": [40.0], "D": [48_000.0]}), pd.DataFrame({"loss": [5.7]})
-    return pd.DataFrame({"tokens": [256_000.0]}), pd.DataFrame({"cmr": [0.3]})
 
 
 def _pip_requirements() -> list[str]:

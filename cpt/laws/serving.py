@@ -25,7 +25,7 @@ class PplLawModel(mlflow.pyfunc.PythonModel):
         with open(context.artifacts["fit"]) as f:
             self.params = PplLawParams(**json.load(f)["fit"]["params"])
 
-    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+    def predict(self, context, model_input, params=None):
         missing = {"mu", "sigma", "D"} - set(model_input.columns)
         if missing:
             raise ValueError(f"the PPL law needs columns mu, sigma, D (tokens); missing {sorted(missing)}")
@@ -41,7 +41,7 @@ class CmrLawModel(mlflow.pyfunc.PythonModel):
             law = json.load(f)["cmr_law"]
         self.law = CmrLaw(**law)
 
-    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+    def predict(self, context, model_input, params=None):
         if "tokens" not in model_input.columns:
             raise ValueError("the CMR law needs a column tokens (the CPT token budget)")
         tokens = model_input["tokens"].to_numpy(float)

@@ -89,7 +89,7 @@ def test_both_laws_fit_register_and_serve(tmp_path):
     mlflow.set_tracking_uri(tracking)
     mlflow.set_registry_uri(tracking)
     law = mlflow.pyfunc.load_model("models:/cptdata-ppl-law/1")
-    asked = pd.DataFrame({"mu": MU[:3], "sigma": SIGMA[:3], "D": D[:3]})
+    asked = pd.DataFrame({"mu": MU[:3], "sigma": SIGMA[:3], "D": D[:3].astype(int)})  # tokens as ints, too
     served = law.predict(asked)["loss"].to_numpy()
     assert served == pytest.approx(TRUE.predict(MU[:3], SIGMA[:3], D[:3]), rel=0.01)  # the known law, recovered
     cmr_law = mlflow.pyfunc.load_model("models:/cptdata-cmr-law/1")
