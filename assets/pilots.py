@@ -50,6 +50,9 @@ regime_size_partitions = dg.MultiPartitionsDefinition(
     {"regime": dg.StaticPartitionsDefinition(REGIME_NAMES), "size": dg.StaticPartitionsDefinition(list(PILOT_SIZES))}
 )
 mix_ratio_partitions = dg.StaticPartitionsDefinition(list(MIX_RATIOS))
+# Every pilot partition reads the scores of every source: without this mapping Dagster would look for a scores
+# partition named like the pilot partition (and a UI backfill would be refused).
+ALL_SCORES = dg.AssetDep(CHUNK_PERPLEXITY, partition_mapping=dg.AllPartitionMapping())
 
 
 class PilotConfig(dg.Config):
@@ -105,7 +108,7 @@ class MixtureConfig(PilotConfig):
 @dg.asset(
     key=REGIME_RUNS,
     ins={"base_model": dg.AssetIn(BASE_MODEL)},
-    deps=[REGIMES, CHUNK_PERPLEXITY],
+    deps=[REGIMES, ALL_SCORES],
     partitions_def=regime_size_partitions,
     pool=TRAINING_POOL,
     group_name="pilots",
@@ -155,7 +158,7 @@ def regime_runs(
 @dg.asset(
     key=MIXTURE_RUNS,
     ins={"base_model": dg.AssetIn(BASE_MODEL)},
-    deps=[CHUNK_PERPLEXITY],
+    deps=[ALL_SCORES],
     partitions_def=mix_ratio_partitions,
     pool=TRAINING_POOL,
     group_name="pilots",

@@ -45,6 +45,8 @@ concurrency:
     default_limit: 1
   runs:
     max_concurrent_runs: 2
+run_monitoring:
+  enabled: true  # a run whose process died is marked failed, freeing its pool slot
 telemetry:
   enabled: false
 """

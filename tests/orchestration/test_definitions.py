@@ -147,3 +147,13 @@ def test_daily_schedule_rebuilds_every_registered_source():
         instance.add_dynamic_partitions(corpus_sources.name, ["a", "b"])
         runs = daily_corpus_build(ctx)
         assert [(r.partition_key, r.run_key) for r in runs] == [("a", "2026-05-01:a"), ("b", "2026-05-01:b")]
+
+
+def test_pilot_partitions_read_every_scores_partition(tmp_path):
+    """A backfill of all pilot partitions must not look for scores partitions named like the pilot partitions."""
+    defs = build_definitions({"CPTDATA_HOME": str(tmp_path)})
+    scores = dg.AssetKey(["scores", "chunk_perplexity"])
+    with dg.instance_for_test():
+        for pilot in (["pilots", "regime_runs"], ["pilots", "mixture_runs"]):
+            mapping = defs.resolve_assets_def(dg.AssetKey(pilot)).get_partition_mapping(scores)
+            assert isinstance(mapping, dg.AllPartitionMapping)
