@@ -26,7 +26,9 @@ from assets.lineage import commit_info, delta_metadata, require_version
 from assets.pilots import MIXTURE_RUNS, MIXTURE_RUNS_TABLE, REGIME_RUNS, REGIME_RUNS_TABLE
 from assets.resources import DeltaStoreResource, MlflowResource
 from assets.tracking import TrackedRun, finish, lineage_tags, log_metrics, start_run
+from cpt.delta_store import partition_predicate
 from cpt.hashing import config_hash
+from cpt.landscape.regimes import RANDOM
 from cpt.laws.cmr import CmrOptions, analyse_cmr, cmr_law_at_bound, cmr_law_residual, trajectory_heldout_error
 from cpt.laws.errors import LawFitError
 from cpt.laws.ppl_law import PplLawOptions, PplObservations, SupportRegion, fit_ppl_law, ppl_optimum
@@ -116,12 +118,12 @@ def ppl_law(
     version = require_version(store, REGIME_RUNS_TABLE)
     final = _final_points(store.read(REGIME_RUNS_TABLE, version))
     observations, reference = _observations(final, config)
-    options = config.options()
     try:
+        options = config.options()
         fit = fit_ppl_law(observations, options, np.random.default_rng(config.seed))
         region = SupportRegion.around(observations.mu, observations.sigma)
         optimum = ppl_optimum(fit.params, region, reference=reference)
-    except LawFitError as exc:
+    except (LawFitError, ValueError) as exc:  # ValueError: invalid options
         raise dg.Failure(f"the perplexity-aware law cannot be fitted on {len(final)} pilot runs: {exc}") from exc
     result = {"fit": fit.to_json(), "optimum": optimum.to_json(), "runs": list(observations.run_ids)}
     mean_loss = float(np.mean(observations.loss))
@@ -145,6 +147,7 @@ def ppl_law(
         ),
     }
     inputs = {REGIME_RUNS_TABLE: version}
+    registered_before = _registered_version(store, _fit_key("ppl_law", inputs, config))
     tracked, model_version = _track(
         context,
         mlflow,
@@ -154,8 +157,9 @@ def ppl_law(
         metrics={k: v for k, v in quality.items() if isinstance(v, (int, float)) and v is not None},
         result=result,
         plots=plots,
-        model=("ppl", config.registered_model),
+        model=None if registered_before else ("ppl", config.registered_model),
     )
+    model_version = registered_before or model_version
     delta_version = _record(
         context,
         store,
@@ -241,7 +245,7 @@ def cmr(
             rng=np.random.default_rng(config.seed),
         )
         heldout = trajectory_heldout_error(trajectories, L_dom0, L_gen0, config.holdout_fraction)
-    except LawFitError as exc:
+    except (LawFitError, ValueError) as exc:  # ValueError: invalid options
         raise dg.Failure(f"the CMR analysis failed on {len(trajectories)} mixture ratios: {exc}") from exc
     result = analysis.to_json() | {"heldout": heldout.to_json()}
     worst_rmse = max(max(f.dom_rmse, f.gen_rmse) for f in analysis.fits)
@@ -286,7 +290,8 @@ def cmr(
         "L_gen0": L_gen0,
         **({"predicted_cmr": analysis.predicted_cmr} if analysis.predicted_cmr is not None else {}),
     }
-    model = ("cmr", config.registered_model) if analysis.cmr_law is not None else None
+    registered_before = _registered_version(store, _fit_key("cmr", inputs, config))
+    model = ("cmr", config.registered_model) if analysis.cmr_law is not None and not registered_before else None
     tracked, model_version = _track(
         context,
         mlflow,
@@ -309,14 +314,16 @@ def cmr(
         config,
         inputs,
         tracked,
-        config.registered_model if model else "",
+        config.registered_model if model or registered_before else "",
         model_version,
     )
     return dg.MaterializeResult(
         metadata=delta_metadata(store.table_uri(FITS_TABLE), delta_version, FITS_SCHEMA, 1)
         | {
             "mlflow_run": mlflow.run_link(tracked.experiment_id, tracked.run_id),
-            "registered_model": f"models:/{config.registered_model}/{model_version}" if model else "not registered",
+            "registered_model": f"models:/{config.registered_model}/{model_version}"
+            if model_version
+            else "not registered",
             "cmr": analysis.cmr,
             "predicted_cmr": analysis.predicted_cmr if analysis.predicted_cmr is not None else math.nan,
             "target_tokens": config.target_tokens,
@@ -350,7 +357,22 @@ def cmr(
     )
 
 
+def _comparable(table: pa.Table, name: str) -> pa.Table:
+    """The pilot rows, refused unless every run used the same base model, scores version and held-out set."""
+    if table.num_rows == 0:
+        raise dg.Failure(f"{name} is empty: backfill its partitions first")
+    for column in ("model_revision", "scores_version", "eval_set"):
+        values = set(table[column].to_pylist())
+        if len(values) != 1:
+            raise dg.Failure(
+                f"{name} mixes pilot runs with different {column} ({sorted(map(str, values))}): they are not "
+                "comparable; rerun the stale partitions (a backfill of all partitions) before fitting"
+            )
+    return table
+
+
 def _final_points(table: pa.Table) -> pa.Table:
+    table = _comparable(table, REGIME_RUNS_TABLE)
     final = table.filter(table["is_final"])
     if final.num_rows == 0:
         raise dg.Failure(f"{REGIME_RUNS_TABLE} holds no finished pilot run: backfill pilots/regime_runs first")
@@ -371,15 +393,19 @@ def _observations(final: pa.Table, config: PplLawConfig) -> tuple[PplObservation
         loss=np.asarray(final["domain_loss"].to_numpy(), dtype=np.float64),
         run_ids=tuple(final["partition"].to_pylist()),
     )
-    random_rows = [i for i, r in enumerate(final["regime"].to_pylist()) if r == "random"]
-    reference = (float(mu[random_rows[0]]), float(sigma[random_rows[0]])) if random_rows else None
+    # the reference landscape for the predicted gain: the random subset (the papers' baseline), at its largest size
+    random_rows = [i for i, r in enumerate(final["regime"].to_pylist()) if r == RANDOM]
+    largest = max(random_rows, key=lambda i: obs.D[i], default=None)
+    reference = None if largest is None else (float(mu[largest]), float(sigma[largest]))
     return obs, reference
 
 
 def _trajectories(table: pa.Table):
     """{R: (T, L_dom, L_gen)} per mixture run, the losses before CPT (T = 0, the same base model) and T_max."""
-    if table.num_rows == 0:
-        raise dg.Failure(f"{MIXTURE_RUNS_TABLE} is empty: backfill pilots/mixture_runs first")
+    table = _comparable(table, MIXTURE_RUNS_TABLE)
+    budgets = set(table["size_tokens"].to_pylist())
+    if len(budgets) != 1:
+        raise dg.Failure(f"{MIXTURE_RUNS_TABLE} mixes runs to different T_max {sorted(budgets)}: rerun all ratios")
     out = {}
     for key in sorted(set(table["partition"].to_pylist()), key=Fraction):
         rows = table.filter(pc.equal(table["partition"], key)).sort_by("tokens")
@@ -387,7 +413,9 @@ def _trajectories(table: pa.Table):
             np.asarray(rows[c].to_numpy(), dtype=np.float64) for c in ("tokens", "domain_loss", "general_loss")
         )
     start = table.filter(pc.equal(table["tokens"], 0))
-    t_max = float(pc.min(table.filter(table["is_final"])["size_tokens"]).as_py())
+    if start.num_rows == 0:
+        raise dg.Failure(f"{MIXTURE_RUNS_TABLE} has no T = 0 evaluation: the losses before CPT are unknown")
+    t_max = float(budgets.pop())
     return out, float(pc.mean(start["domain_loss"]).as_py()), float(pc.mean(start["general_loss"]).as_py()), t_max
 
 
@@ -439,11 +467,24 @@ def _pip_requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in ("mlflow", "numpy", "pandas", "scipy", "threadpoolctl")]
 
 
+def _fit_key(law: str, inputs: dict, config) -> str:
+    return config_hash({"law": law, "inputs": inputs, "config": config.model_dump()})
+
+
+def _registered_version(store, fit_key: str) -> str:
+    """The model version registered by an earlier fit of the same inputs and config ("" if none): a rerun of an
+    identical (seeded, deterministic) fit records a new MLflow run but does not register a duplicate model."""
+    if not store.exists(FITS_TABLE):
+        return ""
+    rows = store.read(FITS_TABLE, filters=[("fit_key", "=", fit_key)], columns=["model_version"])
+    return rows["model_version"][0].as_py() if rows.num_rows else ""
+
+
 def _record(
     context, store, key, law, params, quality, result, config, inputs, tracked: TrackedRun, registered, model_version
 ) -> int:
     """Replace this fit's row of ``laws/fits`` (same inputs and config → same key → no duplicate)."""
-    fit_key = config_hash({"law": law, "inputs": inputs, "config": config.model_dump()})
+    fit_key = _fit_key(law, inputs, config)
     row = {
         "law": law,
         "fit_key": fit_key,
@@ -459,7 +500,7 @@ def _record(
     }
     commit = commit_info(context, key, config.model_dump(), inputs)
     table = pa.Table.from_pylist([row], schema=FITS_SCHEMA)
-    return store.overwrite(FITS_TABLE, table, commit, predicate=f"law = '{law}' AND fit_key = '{fit_key}'")
+    return store.overwrite(FITS_TABLE, table, commit, predicate=partition_predicate({"law": law, "fit_key": fit_key}))
 
 
 def _sensitivity_markdown(analysis) -> dg.MetadataValue:

@@ -25,7 +25,7 @@ from assets.models import BASE_MODEL
 from assets.resources import DeltaStoreResource, MlflowResource
 from assets.scores import CHUNK_PERPLEXITY
 from assets.tracking import TrackedRun, finish, lineage_tags, log_metrics, start_run
-from cpt.delta_store import DeltaStore
+from cpt.delta_store import DeltaStore, partition_predicate
 from cpt.hashing import config_hash
 from cpt.landscape.regimes import LOW_PPL, RANDOM, RegimeConfig, SubsetStats, regime_tokens_prefix, window_name
 from cpt.models.base_model import ModelManifest, load_model
@@ -130,20 +130,18 @@ def regime_runs(
     regime_name, budget = keys["regime"], config.size_tokens[keys["size"]]
     store = delta.store()
     inputs = _PilotInputs.load(store, ModelManifest.from_json(base_model), config)
-    versions = inputs.versions | {"landscape/regimes": require_version(store, REGIMES_TABLE)}
-    regimes = store.read(REGIMES_TABLE, versions["landscape/regimes"], filters=[("name", "=", regime_name)])
-    if regimes.num_rows != 1:
+    regime = store.read(REGIMES_TABLE, inputs.versions[REGIMES_TABLE], filters=[("name", "=", regime_name)])
+    if regime.num_rows != 1:
         raise dg.Failure(
-            f"landscape/regimes v{versions['landscape/regimes']} has no regime {regime_name!r}: the pilot partitions "
+            f"landscape/regimes v{inputs.versions[REGIMES_TABLE]} has no regime {regime_name!r}: the pilot partitions "
             f"follow the default RegimeConfig ({REGIME_NAMES})"
         )
-    draw = inputs.draw(regimes["chunk_ids"][0].as_py(), budget, config.seed)
+    draw = inputs.draw(regime["chunk_ids"][0].as_py(), budget, config.seed)
     return _run(
         context,
         store,
         mlflow,
         inputs,
-        versions,
         table=REGIME_RUNS_TABLE,
         regime=regime_name,
         ratio=1.0,
@@ -158,7 +156,7 @@ def regime_runs(
 @dg.asset(
     key=MIXTURE_RUNS,
     ins={"base_model": dg.AssetIn(BASE_MODEL)},
-    deps=[ALL_SCORES],
+    deps=[REGIMES, ALL_SCORES],
     partitions_def=mix_ratio_partitions,
     pool=TRAINING_POOL,
     group_name="pilots",
@@ -187,7 +185,6 @@ def mixture_runs(
         store,
         mlflow,
         inputs,
-        inputs.versions,
         table=MIXTURE_RUNS_TABLE,
         regime="mixture",
         ratio=ratio,
@@ -200,7 +197,11 @@ def mixture_runs(
 
 
 class _PilotInputs:
-    """The scores (one model revision and window policy) and documents a pilot draws its chunks from, pinned."""
+    """The scores and documents a pilot draws its chunks from, pinned to what ``landscape/regimes`` was built on.
+
+    Every pilot of both kinds reads the same scores version, model revision and window policy (those the landscape
+    recorded), so all of them evaluate on the same held-out chunks and the law fits compare like with like.
+    """
 
     def __init__(self, store: DeltaStore, manifest: ModelManifest, config: PilotConfig, scores: pa.Table, versions):
         self.store, self.manifest, self.config, self.scores, self.versions = store, manifest, config, scores, versions
@@ -208,18 +209,31 @@ class _PilotInputs:
 
     @classmethod
     def load(cls, store: DeltaStore, manifest: ModelManifest, config: PilotConfig) -> "_PilotInputs":
-        versions = {"scores/chunk_perplexity": require_version(store, SCORES_TABLE)}
-        versions["corpus/documents"] = require_version(store, DOCUMENTS_TABLE)
+        versions = {REGIMES_TABLE: require_version(store, REGIMES_TABLE)}
+        pins = store.read(
+            REGIMES_TABLE, versions[REGIMES_TABLE], columns=["scores_version", "model_revision", "policy_hash"]
+        )
+        if pins.num_rows == 0:
+            raise dg.Failure(f"landscape/regimes v{versions[REGIMES_TABLE]} is empty: rebuild the landscape")
+        pin = pins.slice(0, 1).to_pylist()[0]
         policy = config.policy()
+        if pin["model_revision"] != manifest.revision or pin["policy_hash"] != policy.policy_hash:
+            raise dg.Failure(
+                f"landscape/regimes was built from scores of model {pin['model_revision']} under window policy "
+                f"{pin['policy_hash']}, but the base model is {manifest.revision} and the pilot's policy {policy} "
+                f"({policy.policy_hash}): rebuild the landscape for this model, or set the pilot's window policy"
+            )
+        versions[SCORES_TABLE] = pin["scores_version"]
+        versions[DOCUMENTS_TABLE] = require_version(store, DOCUMENTS_TABLE)
         scores = store.read(
             SCORES_TABLE,
-            versions["scores/chunk_perplexity"],
+            versions[SCORES_TABLE],
             columns=["chunk_id", "doc_id", "role", "split", "n_tokens", "ppl"],
             filters=[("model_revision", "=", manifest.revision), ("policy_hash", "=", policy.policy_hash)],
         )
         if scores.num_rows == 0:
             raise dg.Failure(
-                f"scores/chunk_perplexity v{versions['scores/chunk_perplexity']} holds no chunks scored by model "
+                f"scores/chunk_perplexity v{versions[SCORES_TABLE]} holds no chunks scored by model "
                 f"{manifest.revision} under {policy}: score the corpus with this model and window policy first"
             )
         return cls(store, manifest, config, scores, versions)
@@ -279,7 +293,6 @@ def _run(
     store: DeltaStore,
     mlflow: MlflowResource,
     inputs: _PilotInputs,
-    versions: dict[str, int],
     *,
     table: str,
     regime: str,
@@ -296,6 +309,8 @@ def _run(
     domain_eval, general_eval, domain_train, general_train = inputs.chunk_sets(
         tokenizer, inputs.held_out_ids("domain"), inputs.held_out_ids("general"), domain_ids, general_ids
     )
+    versions = inputs.versions
+    eval_set = config_hash(sorted(c.chunk_id for c in [*domain_eval, *general_eval]))
     tags = lineage_tags(context, versions, base_model_revision=manifest.revision, base_model_source=manifest.source)
     run_name = f"{context.asset_key.path[-1]}:{context.partition_key}"
     tracked = start_run(mlflow, "pilots", run_name, tags, params | {"train": asdict(train_config)})
@@ -322,15 +337,17 @@ def _run(
             pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.bos_token_id,
             on_eval=on_eval,
         )
+        log_metrics(mlflow, tracked, [{"tokens": result.tokens, "seconds": result.seconds}], step_key="tokens")
+        identity = {"train": train_config, "eval_set": eval_set, "eval_tokens": inputs.config.eval_tokens}
+        lineage = {"scores_version": versions[SCORES_TABLE], "eval_set": eval_set, "config_hash": config_hash(identity)}
+        rows = _rows(context, result, tracked, stats, regime, ratio, train_config, manifest, len(domain_train), lineage)
+        commit = commit_info(context, context.asset_key, {"params": params, "train": train_config}, versions)
+        predicate = partition_predicate({"partition": context.partition_key})
+        version = store.overwrite(table, rows, commit, predicate=predicate)
     except BaseException:
         finish(mlflow, tracked, ok=False)
         raise
-    log_metrics(mlflow, tracked, [{"tokens": result.tokens, "seconds": result.seconds}], step_key="tokens")
-    finish(mlflow, tracked, ok=True)
-
-    rows = _rows(context, result, tracked, stats, regime, ratio, train_config, manifest, len(domain_train))
-    commit = commit_info(context, context.asset_key, {"params": params, "train": train_config}, versions)
-    version = store.overwrite(table, rows, commit, predicate=f"partition = '{context.partition_key}'")
+    finish(mlflow, tracked, ok=True)  # only once its curve is committed
     first, last = result.initial, result.final
     return dg.MaterializeResult(
         metadata=delta_metadata(store.table_uri(table), version, PILOT_POINTS_SCHEMA, rows.num_rows)
@@ -371,7 +388,9 @@ def _metrics(point: EvalPoint) -> dict[str, float]:
     }
 
 
-def _rows(context, result: TrainResult, tracked: TrackedRun, stats, regime, ratio, train_config, manifest, n_chunks):
+def _rows(
+    context, result: TrainResult, tracked: TrackedRun, stats, regime, ratio, train_config, manifest, n_chunks, lineage
+):
     last = len(result.curve) - 1
     base = {
         "partition": context.partition_key,
@@ -386,7 +405,7 @@ def _rows(context, result: TrainResult, tracked: TrackedRun, stats, regime, rati
         "model_revision": manifest.revision,
         "mlflow_run_id": tracked.run_id,
         "dagster_run_id": context.run.run_id,
-        "config_hash": config_hash(train_config),
+        **lineage,
     }
     rows = [base | _metrics(p) | {"step": p.step, "is_final": i == last} for i, p in enumerate(result.curve)]
     return pa.Table.from_pylist(rows, schema=PILOT_POINTS_SCHEMA)

@@ -40,8 +40,12 @@ def start_run(mlflow: MlflowResource, stage: str, run_name: str, tags: Mapping[s
     experiment_id = mlflow.experiment_id(stage)
     run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
     flat = [Param(k, str(v)[:PARAM_LIMIT]) for k, v in sorted(_flatten(params).items())]
-    for i in range(0, len(flat), 100):  # MLflow accepts at most 100 params per batch
-        client.log_batch(run.info.run_id, params=flat[i : i + 100])
+    try:
+        for i in range(0, len(flat), 100):  # MLflow accepts at most 100 params per batch
+            client.log_batch(run.info.run_id, params=flat[i : i + 100])
+    except BaseException:
+        client.set_terminated(run.info.run_id, "FAILED")
+        raise
     return TrackedRun(experiment_id, run.info.run_id)
 
 

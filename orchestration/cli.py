@@ -193,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     p_pilots = sub.add_parser("pilots", help="run every pilot partition")
     p_pilots.add_argument("kinds", nargs="*", metavar="regime|mixture", help="default: both")
     args = parser.parse_args(argv)
+    GATES_FAILED.clear()
     if args.command == "pilots" and not set(args.kinds) <= {"regime", "mixture"}:
         parser.error(f"pilot kinds are regime and mixture, not {args.kinds}")
 

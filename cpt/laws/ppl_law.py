@@ -350,7 +350,6 @@ def fit_ppl_law(obs: PplObservations, options: PplLawOptions, rng: np.random.Gen
         loo_pred = np.full(len(obs), np.nan)
         if options.leave_one_run_out:
             sq = np.full(len(obs), np.nan)
-            loo_pred = np.full(len(obs), np.nan)
             for k, name in enumerate(run_names):
                 w = (run_index != k).astype(np.float64)
                 res = _refit(problem, w, theta, options)
@@ -480,7 +479,9 @@ def sample_observations(
 
 @dataclass(frozen=True)
 class SupportRegion:
-    """The (μ, σ) box the corpus can supply and the pilot runs cover; the optimum is searched only inside it."""
+    """The (μ, σ) box the optimum is searched in: by default the bounding box of the pilot runs (no extrapolation
+    beyond what was tried). Not every corner of it need be reachable by a subset of the corpus; the selection stage
+    reports how close it gets."""
 
     mu_min: float
     mu_max: float

@@ -1,6 +1,8 @@
 """The fitted laws as MLflow pyfunc models: served from the registry, they predict from a dataframe.
 
-- ``PplLawModel``: columns ``mu``, ``sigma``, ``D`` (tokens) → ``loss``, the domain test loss the law predicts.
+- ``PplLawModel``: columns ``mu``, ``sigma``, ``D`` (tokens) → ``loss``, the domain test loss the law predicts. μ and σ
+  are in the fit's own terms (its options, in the fit JSON and the MLflow params: raw or log PPL; σ as standard
+  deviation or variance), the defaults being raw PPL and standard deviation.
 - ``CmrLawModel``: column ``tokens`` (a CPT budget) → ``cmr``, the critical mixture ratio (domain share) the law
   predicts for it, clipped to [0, 1].
 

@@ -31,6 +31,8 @@ PILOT_POINTS_SCHEMA = pa.schema(
         pa.field("model_revision", pa.string()),
         pa.field("mlflow_run_id", pa.string()),
         pa.field("dagster_run_id", pa.string()),
-        pa.field("config_hash", pa.string()),
+        pa.field("config_hash", pa.string()),  # hash of the training config, the eval set and its size
+        pa.field("scores_version", pa.int64()),  # the scores version the chunks were drawn from (the landscape's)
+        pa.field("eval_set", pa.string()),  # hash of the held-out chunk ids: every pilot must share it
     ]
 )

@@ -7,7 +7,8 @@ Reads like a small training script; every choice sits in :class:`TrainConfig` an
 2. AdamW; linear warmup then a constant learning rate (the CMR paper's schedule) or cosine decay; gradient
    accumulation; gradient clipping;
 3. domain and general loss on fixed held-out chunks at ``T = 0`` and every ``eval_every_tokens`` trained tokens, and at
-   the end, computed exactly as the scorer computes chunk NLL (so the ``T = 0`` point is the base model's loss);
+   the end, computed as the scorer computes chunk NLL (on CPU the ``T = 0`` point is exactly the scorer's loss of the
+   base model; on GPU the weights stay float32 under bfloat16 autocast, so it agrees to bfloat16 rounding);
 4. metrics leave through a callback; the result is a frozen :class:`TrainResult` holding the curve.
 
 Training and evaluation sets are disjoint by chunk id; an overlap is a bug upstream and raises.

@@ -107,6 +107,23 @@ def test_both_laws_fit_register_and_serve(tmp_path):
         [ppl_law], resources=resources, run_config={"ops": {"laws__ppl_law": config["ops"]["laws__ppl_law"]}}
     )
     assert store.read(FITS_TABLE).num_rows == 2  # same inputs and config: the fit's row is replaced, not added
+    versions = mlflow.MlflowClient(tracking).search_model_versions("name='cptdata-ppl-law'")
+    assert [str(v.version) for v in versions] == ["1"]  # and the identical fit is not registered again
+
+
+def test_pilot_runs_that_are_not_comparable_are_refused(tmp_path):
+    store = DeltaStore(str(tmp_path / "delta"))
+    rows = regime_rows(1)
+    stale = pa.array(["old-eval-set" if i < 2 else "eval-set" for i in range(rows.num_rows)])
+    rows = rows.set_column(rows.schema.get_field_index("eval_set"), "eval_set", stale)
+    store.overwrite(REGIME_RUNS_TABLE, rows, COMMIT, predicate=None)
+    resources = {
+        "delta": DeltaStoreResource(root_uri=str(store.root_uri)),
+        "mlflow": MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_root=tmp_path.as_uri()),
+    }
+    result = dg.materialize([ppl_law], resources=resources, raise_on_error=False)
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "mixes pilot runs with different eval_set" in str(failure.event_specific_data.error)
 
 
 def test_a_law_that_cannot_be_fitted_fails_clearly(tmp_path):

@@ -31,7 +31,7 @@ GRAPH = {
     "pilots/mixture_runs": {
         "group": "pilots",
         "partitions": "0, 1/8, 1/4, 1/3, 1/2, 3/4, 1",
-        "deps": ["models/base_model", "scores/chunk_perplexity"],
+        "deps": ["landscape/regimes", "models/base_model", "scores/chunk_perplexity"],
     },
     "laws/ppl_law": {"group": "laws", "partitions": None, "deps": ["pilots/regime_runs"]},
     "laws/cmr": {"group": "laws", "partitions": None, "deps": ["pilots/mixture_runs"]},
