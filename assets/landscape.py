@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 from pydantic import Field
 
-from assets.lineage import commit_info, counts_markdown, delta_metadata
+from assets.lineage import commit_info, counts_markdown, delta_metadata, require_version
 from assets.resources import DeltaStoreResource, SparkResource
 from assets.scores import CHUNK_PERPLEXITY
 from cpt.delta_store import CommitInfo, DeltaStore
@@ -69,9 +69,7 @@ def landscape_histograms(
     context: dg.AssetExecutionContext, config: LandscapeConfig, delta: DeltaStoreResource, spark: SparkResource
 ) -> dg.MaterializeResult:
     store = delta.store()
-    scores_version = store.version(SCORES_TABLE)
-    if scores_version is None:
-        raise dg.Failure(f"{SCORES_TABLE} does not exist yet: score the corpus first")
+    scores_version = require_version(store, SCORES_TABLE)
     edges = _edges(config.edges_version)
     commit = commit_info(context, HISTOGRAMS, config.model_dump(), {SCORES_TABLE: scores_version})
     version = _landed_version(store, HISTOGRAMS_TABLE, commit)
@@ -164,9 +162,7 @@ def landscape_regimes(
     context: dg.AssetExecutionContext, config: RegimesConfig, delta: DeltaStoreResource
 ) -> dg.MaterializeResult:
     store = delta.store()
-    histograms_version = store.version(HISTOGRAMS_TABLE)
-    if histograms_version is None:
-        raise dg.Failure(f"{HISTOGRAMS_TABLE} does not exist yet: materialize it first")
+    histograms_version = require_version(store, HISTOGRAMS_TABLE)
     pins = (
         store.read(HISTOGRAMS_TABLE, histograms_version, columns=["scores_version", "model_revision", "policy_hash"])
         .group_by(["scores_version", "model_revision", "policy_hash"])

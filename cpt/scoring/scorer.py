@@ -119,6 +119,17 @@ def batch_nll(
     return (nll.double() * attention_mask[:, 1:].double()).sum(dim=1)
 
 
+def pad_batch(chunks: Sequence[Chunk], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded input ids and the attention mask of a batch of chunks."""
+    longest = max(len(c.input_ids) for c in chunks)
+    ids = torch.full((len(chunks), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(chunks), longest), dtype=torch.long)
+    for row, c in enumerate(chunks):
+        ids[row, : len(c.input_ids)] = torch.tensor(c.input_ids)
+        mask[row, : len(c.input_ids)] = 1
+    return ids, mask
+
+
 class ChunkScorer:
     """Scores chunks with a loaded model; ``score`` returns one :class:`ChunkScore` per chunk, in input order."""
 
@@ -159,12 +170,8 @@ class ChunkScorer:
         return scores, stats
 
     def _score_batch(self, chunks: Sequence[Chunk]) -> list[float]:
-        longest = max(len(c.input_ids) for c in chunks)
-        ids = torch.full((len(chunks), longest), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(chunks), longest), dtype=torch.long)
-        for row, c in enumerate(chunks):
-            ids[row, : len(c.input_ids)] = torch.tensor(c.input_ids)
-            mask[row, : len(c.input_ids)] = 1
+        ids, mask = pad_batch(chunks, self.pad_id)
+        longest = ids.shape[1]
         try:
             with torch.inference_mode():
                 self.forward_passes += 1

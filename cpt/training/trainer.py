@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cpt.scoring.scorer import batch_nll, default_device, plan_batches
+from cpt.scoring.scorer import batch_nll, default_device, pad_batch, plan_batches
 from cpt.scoring.windows import Chunk
 
 
@@ -144,20 +144,10 @@ def mean_nll(model: torch.nn.Module, chunks: Sequence[Chunk], pad_id: int, max_b
     device = next(model.parameters()).device
     total = 0.0
     for batch in plan_batches([len(c.input_ids) for c in chunks], max_batch_tokens):
-        ids, mask = _pad([chunks[i] for i in batch], pad_id)
+        ids, mask = pad_batch([chunks[i] for i in batch], pad_id)
         with torch.inference_mode():
             total += float(batch_nll(model, ids.to(device), mask.to(device)).sum())
     return total / sum(c.n_predicted for c in chunks)
-
-
-def _pad(chunks: Sequence[Chunk], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    longest = max(len(c.input_ids) for c in chunks)
-    ids = torch.full((len(chunks), longest), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(chunks), longest), dtype=torch.long)
-    for row, c in enumerate(chunks):
-        ids[row, : len(c.input_ids)] = torch.tensor(c.input_ids)
-        mask[row, : len(c.input_ids)] = 1
-    return ids, mask
 
 
 def _check_disjoint(train: Sequence[Chunk], held_out: Sequence[Chunk]) -> None:
@@ -227,7 +217,7 @@ def continue_pretraining(
             optimizer.zero_grad(set_to_none=True)
             for _ in range(config.grad_accum):
                 chunks, flags = zip(*(next(stream) for _ in range(config.micro_batch_size)), strict=True)
-                ids, mask = _pad(chunks, pad_id)
+                ids, mask = pad_batch(chunks, pad_id)
                 labels = ids.masked_fill(mask == 0, -100)
                 with _autocast(device):
                     loss = model(
