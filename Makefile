@@ -9,7 +9,7 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 # pip's configured find-links/extra-index locations that do not exist here are noise, not errors.
 QUIET_PIP := grep -v "^WARNING: Location" || true
 
-.PHONY: install demo test lint contracts defs pytest bench ui mlflow-ui lock clean
+.PHONY: install demo test lint contracts defs pytest bench bench-gpu ui mlflow-ui lock clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@command -v java >/dev/null || { echo "Java 17 is required for Spark (apt-get install openjdk-17-jre-headless)"; exit 1; }
@@ -48,6 +48,11 @@ bench: install
 	$(BIN)/python -m benchmarks.ingest_bench
 	$(BIN)/python -m benchmarks.scoring_bench
 	$(BIN)/python -m benchmarks.law_bench
+
+## The scorer and trainer on a CUDA GPU (agreement with the CPU, OOM halving, throughput); see benchmarks/gpu_bench.py.
+## .venv holds the CPU build of torch, so this runs under GPU_PYTHON: an interpreter with CUDA torch + transformers.
+bench-gpu:
+	$${GPU_PYTHON:-python3} -m benchmarks.gpu_bench
 
 ## The Dagster UI on the same instance `make demo` uses.
 ui: install

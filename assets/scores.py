@@ -28,7 +28,9 @@ class ScoringConfig(dg.Config):
     window_length: int = Field(256, description="tokens per chunk, BOS included")
     min_tokens: int = Field(32, description="a trailing chunk with fewer predicted tokens is dropped")
     add_bos: bool = Field(True, description="prepend BOS so every content token is predicted")
-    max_batch_tokens: int = Field(4096, description="padded tokens per forward pass (halved on GPU OOM)")
+    max_batch_tokens: int | None = Field(
+        None, description="padded tokens per forward pass (default 4096 on CPU, 65536 on GPU; halved on GPU OOM)"
+    )
     num_partitions: int | None = Field(None, description="Spark partitions; default: 8 × the session's parallelism")
     ship_model: bool = Field(False, description="send the model folder to executors with SparkContext.addFile")
 

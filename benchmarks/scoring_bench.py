@@ -35,11 +35,20 @@ HOME = Path(os.environ.get("CPTDATA_HOME", ".cptdata")).resolve()
 CORPORA = Path(os.environ.get("CPTDATA_CORPORA", "../shared/corpora")).resolve()
 
 
-def matmul_flops_per_second(n: int = 2048, repeats: int = 5) -> float:
+def matmul_flops_per_second(n: int = 2048, seconds: float = 3.0) -> float:
+    """Sustained dense float32 matmul rate: back-to-back n × n products for about ``seconds``, total FLOPs ÷ time.
+
+    Sustained, not the best single product, because the throughputs it is compared with are sustained too; this
+    machine's speed drifts by ±15 % over minutes, so the bench samples it beside each measurement and keeps the
+    highest (the strictest ceiling).
+    """
     a, b = torch.randn(n, n), torch.randn(n, n)
     torch.mm(a, b)
-    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
-    return 2 * n**3 / best
+    products, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.mm(a, b)
+        products += 1
+    return products * 2 * n**3 / (time.perf_counter() - start)
 
 
 def forward_flops_per_token(model, window: int) -> float:
@@ -86,8 +95,10 @@ def bench(name: str, folder: Path, n_chunks: int, spark) -> None:
     chunks = [c for c in chunks if c.doc_id in keep_docs]
     tokens = sum(c.n_predicted for c in chunks)
 
+    flops = [matmul_flops_per_second()]
     with torch.no_grad():
         t_a = _timed(lambda: [reference_nll(model, c) for c in chunks])
+    flops.append(matmul_flops_per_second())
     scorer = ChunkScorer(model, pad_id=tokenizer.pad_token_id or 0, device=torch.device("cpu"))
     scorer.score(chunks[:4])  # warm-up
     t_b = _timed(lambda: scorer.score(chunks))
@@ -113,13 +124,17 @@ def bench(name: str, folder: Path, n_chunks: int, spark) -> None:
         assert result.tokens_scored == tokens, (result.tokens_scored, tokens)
         seconds[phase] = result.seconds
 
-    ceiling = matmul_flops_per_second() / forward_flops_per_token(model, POLICY.length)
+    flops.append(matmul_flops_per_second())
+    ceiling = max(flops) / forward_flops_per_token(model, POLICY.length)
     rate = {k: tokens / t for k, t in (("a", t_a), ("b", t_b), ("c", seconds["c"]), ("w", seconds["c_warm"]))}
     print(
         f"\n{name}: {manifest.n_params / 1e6:.1f} M parameters, {len(chunks)} chunks, {tokens:,} tokens, L = "
         f"{POLICY.length}, torch threads {torch.get_num_threads()}"
     )
-    print(f"  FLOP-bound ceiling                      {ceiling:10.0f} tokens/s")
+    print(
+        f"  FLOP-bound ceiling                      {ceiling:10.0f} tokens/s   (sustained matmul "
+        f"{min(flops) / 1e9:.0f}–{max(flops) / 1e9:.0f} GFLOP/s over the run; the highest is used)"
+    )
     labels = {
         "a": "(a) per-sample loop, HF loss",
         "b": "(b) platform scorer, in process",
@@ -130,7 +145,7 @@ def bench(name: str, folder: Path, n_chunks: int, spark) -> None:
         print(f"  {label:38s}  {rate[key]:10.0f} tokens/s   {rate[key] / ceiling:6.1%} of ceiling")
     print(
         f"  b/a = {rate['b'] / rate['a']:.2f}   c/b = {rate['c'] / rate['b']:.2f} (new workers), "
-        f"{rate['w'] / rate['b']:.2f} (warm workers)"
+        f"{rate['w'] / rate['b']:.2f} (warm workers); worker start-up {seconds['c'] - seconds['c_warm']:.1f} s"
     )
 
 

@@ -43,7 +43,7 @@ class ScoringJobSpec:
     run_id: str
     policy: WindowPolicy = field(default_factory=WindowPolicy)
     sources: tuple[str, ...] = ()  # empty: every source
-    max_batch_tokens: int = 4096
+    max_batch_tokens: int | None = None  # None: the scorer's default for the device
     num_partitions: int | None = None  # default: 8 × the session parallelism
     torch_threads: int | None = None  # per task; default: cores / parallelism
     ship_model: bool = False  # send the model folder with SparkContext.addFile instead of assuming a shared path

@@ -37,7 +37,7 @@ class ScoreDocuments:
     model_revision: str
     policy: WindowPolicy
     run_id: str
-    max_batch_tokens: int = 4096
+    max_batch_tokens: int | None = None  # None: the scorer's default for the device
     shipped: bool = False
     torch_threads: int | None = None
 

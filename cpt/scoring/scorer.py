@@ -49,7 +49,7 @@ def default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def plan_batches(lengths: Sequence[int], max_batch_tokens: int, max_batch_size: int = 256) -> list[list[int]]:
+def plan_batches(lengths: Sequence[int], max_batch_tokens: int, max_batch_size: int = 1024) -> list[list[int]]:
     """Indices grouped into batches, longest first; a batch's padded size (rows × longest) stays within budget."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     batches: list[list[int]] = []
@@ -79,20 +79,57 @@ def logsumexp_f32(logits: torch.Tensor, rows_per_block: int | None = None) -> to
 
 
 # Causal LMs whose logits are exactly ``lm_head(decoder(...).last_hidden_state)``: for them the LM head and the NLL
-# are computed a block of positions at a time, so the (tokens × vocabulary) logits tensor never exists whole — the
-# largest tensor of the forward pass for a 49k vocabulary, and most of its memory traffic.
+# are computed a tile of (positions × vocabulary) at a time, so the (tokens × vocabulary) logits tensor never exists
+# whole — the largest tensor of the forward pass for a 49k vocabulary, and most of its memory traffic.
 BLOCKWISE_HEAD_MODELS = frozenset(
     {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "GPT2LMHeadModel"}
 )
+# (positions, vocabulary entries) per tile. On CPU a 512 × 4096 float32 tile (8 MiB) stays in cache while it is
+# reduced, which makes the head run at the dense-matmul rate; a GPU wants large tiles and few kernel launches.
+HEAD_TILE = {"cpu": (512, 4096), "cuda": (16384, 1 << 30)}
+# Padded tokens per forward pass by device. Measured (benchmarks/gpu_bench.py, SmolLM2-135M shape, L = 256, H200):
+# 131k tokens/s at 4096, 452k at 65536; the CPU is no faster beyond 4096 and wants the working set in cache.
+DEFAULT_BATCH_TOKENS = {"cpu": 4096, "cuda": 65536}
 
 
-def _decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+def _decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Linear] | None:
     config = getattr(model, "config", None)
     if type(model).__name__ not in BLOCKWISE_HEAD_MODELS or getattr(config, "final_logit_softcapping", None):
         return None
     decoder = getattr(model, "model", None) or getattr(model, "transformer", None)
     head = model.get_output_embeddings()
-    return (decoder, head) if decoder is not None and head is not None else None
+    return (decoder, head) if decoder is not None and isinstance(head, torch.nn.Linear) else None
+
+
+def head_nll(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Linear) -> torch.Tensor:
+    """NLL (float32) of ``targets`` [n] under ``head(hidden)`` [n, vocab], one tile of the logits at a time.
+
+    Within a row block the vocabulary is swept in slices with an online logsumexp (running max and rescaled sum);
+    each slice's logits are reduced in place in float32, and the target's logit is picked from the slice holding it,
+    so it carries the same rounding as the logits the normaliser sums.
+    """
+    rows, vocab_slice = HEAD_TILE["cuda" if hidden.device.type == "cuda" else "cpu"]
+    vocab = head.weight.shape[0]
+    pieces = []
+    for i in range(0, hidden.shape[0], rows):
+        x, target = hidden[i : i + rows], targets[i : i + rows].unsqueeze(-1)
+        running_max = running_sum = target_logit = None
+        for j in range(0, vocab, vocab_slice):
+            bias = None if head.bias is None else head.bias[j : j + vocab_slice]
+            logits = torch.nn.functional.linear(x, head.weight[j : j + vocab_slice], bias).float()
+            in_slice = (target >= j) & (target < j + logits.shape[-1])
+            picked = logits.gather(-1, (target - j).clamp(0, logits.shape[-1] - 1))
+            target_logit = picked if target_logit is None else torch.where(in_slice, picked, target_logit)
+            slice_max = logits.amax(-1, keepdim=True)
+            slice_sum = logits.sub_(slice_max).exp_().sum(-1, keepdim=True)
+            if running_max is None:
+                running_max, running_sum = slice_max, slice_sum
+            else:
+                new_max = torch.maximum(running_max, slice_max)
+                running_sum = running_sum * (running_max - new_max).exp() + slice_sum * (slice_max - new_max).exp()
+                running_max = new_max
+        pieces.append((running_sum.log() + running_max - target_logit).squeeze(-1))
+    return torch.cat(pieces)
 
 
 def batch_nll(
@@ -100,22 +137,19 @@ def batch_nll(
 ) -> torch.Tensor:
     """Summed NLL per row (float64) of every predicted token (positions 1.. that are not padding)."""
     targets = input_ids[:, 1:]
+    # A pad-free batch (the common case: fixed-length windows) goes without a mask, so attention takes its causal
+    # fast path instead of building and applying a 4-D mask.
+    model_mask = None if bool(attention_mask.all()) else attention_mask
     parts = _decoder_and_head(model) if blockwise else None
     if parts is None:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        logits = model(input_ids=input_ids, attention_mask=model_mask, use_cache=False).logits
         lse = logsumexp_f32(logits)[:, :-1]  # position t predicts token t + 1; the last position predicts nothing
         nll = lse - logits[:, :-1].gather(-1, targets.unsqueeze(-1)).squeeze(-1).float()
     else:
         decoder, head = parts
-        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        hidden = decoder(input_ids=input_ids, attention_mask=model_mask, use_cache=False).last_hidden_state
         flat = hidden[:, :-1].reshape(-1, hidden.shape[-1])
-        flat_targets = targets.reshape(-1, 1)
-        rows = 256 if flat.device.type == "cpu" else 4096
-        pieces = []
-        for i in range(0, flat.shape[0], rows):
-            logits = head(flat[i : i + rows]).float()
-            pieces.append(torch.logsumexp(logits, dim=-1) - logits.gather(-1, flat_targets[i : i + rows]).squeeze(-1))
-        nll = torch.cat(pieces).view(targets.shape)
+        nll = head_nll(flat, targets.reshape(-1), head).view(targets.shape)
     return (nll.double() * attention_mask[:, 1:].double()).sum(dim=1)
 
 
@@ -138,15 +172,16 @@ class ChunkScorer:
         model: torch.nn.Module,
         *,
         pad_id: int,
-        max_batch_tokens: int = 4096,
+        max_batch_tokens: int | None = None,
         device: torch.device | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         self.device = device or default_device()
-        self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        on_gpu = self.device.type == "cuda"
+        self.dtype = dtype or (torch.bfloat16 if on_gpu else torch.float32)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         self.pad_id = pad_id
-        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_tokens = max_batch_tokens or DEFAULT_BATCH_TOKENS["cuda" if on_gpu else "cpu"]
         self.forward_passes = 0
 
     def score(
@@ -154,24 +189,42 @@ class ChunkScorer:
     ) -> tuple[list[ChunkScore], ScoringStats]:
         start = time.perf_counter()
         passes_before = self.forward_passes
-        sums: list[float] = [0.0] * len(chunks)
-        done = tokens = 0
-        for batch in plan_batches([len(c.input_ids) for c in chunks], self.max_batch_tokens):
-            for i, value in zip(batch, self._score_batch([chunks[i] for i in batch]), strict=True):
-                sums[i] = value
-            done += len(batch)
-            tokens += sum(chunks[i].n_predicted for i in batch)
+        progress = {"done": 0, "tokens": 0}
+
+        def batch_done(batch: list[int]) -> None:
+            progress["done"] += len(batch)
+            progress["tokens"] += sum(chunks[i].n_predicted for i in batch)
             if on_progress:
-                on_progress(done, len(chunks), tokens)
+                on_progress(progress["done"], len(chunks), progress["tokens"])
+
+        sums = self._score_all(chunks, batch_done)
         scores = [
             ChunkScore(c.chunk_id, c.doc_id, c.chunk_index, c.n_predicted, s) for c, s in zip(chunks, sums, strict=True)
         ]
-        stats = ScoringStats(len(chunks), tokens, self.forward_passes - passes_before, time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        stats = ScoringStats(len(chunks), progress["tokens"], self.forward_passes - passes_before, seconds)
         return scores, stats
+
+    def _score_all(self, chunks: Sequence[Chunk], on_batch: Callable[[list[int]], None] | None = None) -> list[float]:
+        """Summed NLL per chunk, in batches planned to the token budget; when a batch runs out of memory the budget
+        shrinks and whatever is left is re-planned to it, so no batch size fails twice."""
+        sums = [0.0] * len(chunks)
+        lengths = [len(c.input_ids) for c in chunks]
+        pending = plan_batches(lengths, self.max_batch_tokens)
+        while pending:
+            batch, budget = pending.pop(0), self.max_batch_tokens
+            for i, value in zip(batch, self._score_batch([chunks[i] for i in batch]), strict=True):
+                sums[i] = value
+            if on_batch:
+                on_batch(batch)
+            if self.max_batch_tokens < budget:
+                rest = [i for b in pending for i in b]
+                replanned = plan_batches([lengths[i] for i in rest], self.max_batch_tokens)
+                pending = [[rest[j] for j in b] for b in replanned]
+        return sums
 
     def _score_batch(self, chunks: Sequence[Chunk]) -> list[float]:
         ids, mask = pad_batch(chunks, self.pad_id)
-        longest = ids.shape[1]
         try:
             with torch.inference_mode():
                 self.forward_passes += 1
@@ -180,9 +233,9 @@ class ChunkScorer:
             if len(chunks) == 1:
                 raise
             torch.cuda.empty_cache()
-            half = len(chunks) // 2
-            self.max_batch_tokens = max(longest, self.max_batch_tokens // 2)
-            return self._score_batch(chunks[:half]) + self._score_batch(chunks[half:])
+            # Half of the batch that failed, never below one row of it; then this batch is re-planned to that.
+            self.max_batch_tokens = max(ids.shape[1], min(self.max_batch_tokens, ids.numel() // 2))
+            return self._score_all(chunks)
 
 
 def reference_nll(model: torch.nn.Module, chunk: Chunk) -> float:

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from cpt.scoring.scorer import ChunkScorer, batch_nll, logsumexp_f32, plan_batches, reference_nll
+from cpt.scoring import scorer as scorer_module
+from cpt.scoring.scorer import ChunkScorer, batch_nll, head_nll, logsumexp_f32, plan_batches, reference_nll
 from cpt.scoring.windows import WindowPolicy, split_windows
 
 
@@ -98,6 +99,50 @@ def test_blockwise_logsumexp_equals_the_plain_one_in_float32_and_from_bfloat16()
     result = logsumexp_f32(low, rows_per_block=16)
     assert result.dtype == torch.float32
     assert torch.allclose(result, torch.logsumexp(low.float(), -1), atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bias", [False, True])
+def test_tiled_head_nll_equals_logsumexp_minus_target_logit(monkeypatch, dtype, bias):
+    """Tiles of 5 positions × 7 vocabulary entries over a 50-entry vocabulary: uneven last tiles, targets in each."""
+    monkeypatch.setitem(scorer_module.HEAD_TILE, "cpu", (5, 7))
+    g = torch.Generator().manual_seed(3)
+    head = torch.nn.Linear(16, 50, bias=bias).to(dtype)
+    hidden = (torch.randn(23, 16, generator=g) * 3).to(dtype)
+    targets = torch.randint(0, 50, (23,), generator=g)
+    targets[:2] = torch.tensor([0, 49])
+    with torch.inference_mode():
+        logits = head(hidden).float()
+        expected = torch.logsumexp(logits, -1) - logits.gather(-1, targets[:, None]).squeeze(-1)
+        result = head_nll(hidden, targets, head)
+    assert result.dtype == torch.float32
+    assert torch.allclose(result, expected, atol=1e-5)
+
+
+def test_out_of_memory_halves_the_batch_once_per_level_and_replans_the_rest(tiny_model, monkeypatch):
+    """A simulated device that fits at most 40 padded tokens per forward: the scorer splits the failing batch, settles
+    on the largest budget below the failure, plans the remaining batches to it, and its scores equal a plain run's."""
+    chunks = chunks_of([9] * 24)  # 10 ids each, with BOS
+    plain, _ = ChunkScorer(tiny_model, pad_id=0, device=torch.device("cpu")).score(chunks)
+    real_batch_nll = scorer_module.batch_nll
+    attempts: list[int] = []
+
+    def capped(model, ids, mask, **kwargs):
+        attempts.append(ids.numel())
+        if ids.numel() > 40:
+            raise torch.OutOfMemoryError("simulated")
+        return real_batch_nll(model, ids, mask, **kwargs)
+
+    monkeypatch.setattr(scorer_module, "batch_nll", capped)
+    scorer = ChunkScorer(tiny_model, pad_id=0, max_batch_tokens=216, device=torch.device("cpu"))
+    scores, stats = scorer.score(chunks)
+    assert [s.sum_nll for s in scores] == pytest.approx([s.sum_nll for s in plain], abs=1e-5)
+    # 24 chunks of 10 ids: 21 rows (210) fail → 105 → 10 rows (100) fail → 50 → 5 rows (50) fail → 25, which fits.
+    assert attempts[:3] == [210, 100, 50]
+    assert all(n <= 25 for n in attempts[3:])  # everything left, at every level, was re-planned to the new budget
+    assert scorer.max_batch_tokens == 25
+    # 3 failures; then 24 chunks in batches of at most 2 rows: 14, as each level's leftovers are planned separately
+    assert stats.forward_passes == len(attempts) == 3 + 14
 
 
 def test_blockwise_head_equals_the_full_logits_path(tiny_model):
