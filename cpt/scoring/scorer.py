@@ -3,7 +3,7 @@
 Chunks are sorted by length and packed into batches up to a token budget, so padding is rare (fixed-length windows
 make most batches pad-free). The NLL comes from the logits by ``logsumexp − gather``, reduced in float32 (float64 for
 the per-chunk sums) whatever the model's dtype; no log-softmax tensor is materialised. On GPU an out-of-memory batch
-is split in half and retried.
+halves the token budget and what is left is re-planned to it.
 """
 
 from __future__ import annotations
