@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.flops import forward_flops_per_token
 from cpt.scoring import scorer as scoring
 from cpt.scoring.scorer import ChunkScorer, reference_nll
 from cpt.scoring.windows import Chunk, WindowPolicy, chunk_documents
@@ -102,14 +103,6 @@ def matmul_tflops(dtype: torch.dtype, n: int = 8192, seconds: float = 2.0) -> fl
         _sync()
         products += 10
     return products * 2 * n**3 / (time.perf_counter() - start) / 1e12
-
-
-def forward_flops_per_token(model: torch.nn.Module) -> float:
-    cfg = model.config
-    matmul = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and "embed" not in n)
-    head = cfg.vocab_size * cfg.hidden_size
-    attention = 2 * 2 * cfg.num_hidden_layers * (POLICY.length / 2) * cfg.hidden_size
-    return 2 * (matmul + head) + attention
 
 
 def environment() -> dict:
@@ -196,7 +189,8 @@ def throughput() -> dict:
         with torch.inference_mode():
             reference_nll(bf16, loop[0])
             t_a, _ = _sync_timed(lambda: [reference_nll(bf16, c) for c in loop])  # noqa: B023
-        row = {"real_weights": real, "tokens": tokens, "ceiling_tok_s": peak / forward_flops_per_token(model)}
+        ceiling = peak / forward_flops_per_token(model, POLICY.length)
+        row = {"real_weights": real, "tokens": tokens, "ceiling_tok_s": ceiling}
         row["a_per_sample_tok_s"] = sum(c.n_predicted for c in loop) / t_a
         default = ChunkScorer(bf16, pad_id=0, device=torch.device(DEVICE))  # the defaults the scoring job uses
         default.score(chunks[:8])

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.flops import forward_flops_per_token
 from cpt.corpus.ingest import ingest_source
 from cpt.corpus.sources import SourceSpec
 from cpt.delta_store import CommitInfo, DeltaStore
@@ -49,14 +50,6 @@ def matmul_flops_per_second(n: int = 2048, seconds: float = 3.0) -> float:
         torch.mm(a, b)
         products += 1
     return products * 2 * n**3 / (time.perf_counter() - start)
-
-
-def forward_flops_per_token(model, window: int) -> float:
-    cfg = model.config
-    matmul_params = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and "embed" not in n)
-    lm_head = cfg.vocab_size * cfg.hidden_size  # tied to the embedding, still a matmul per token
-    attention = 2 * 2 * cfg.num_hidden_layers * (window / 2) * cfg.hidden_size  # QKᵀ and AV, mean context T/2
-    return 2 * (matmul_params + lm_head) + attention
 
 
 def _timed(fn) -> float:
