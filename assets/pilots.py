@@ -10,27 +10,47 @@ partition replaces its rows. Training steps share the ``cpt_training`` concurren
 partition from the UI queues instead of oversubscribing the machine.
 """
 
-from dataclasses import asdict
+import contextlib
+from collections.abc import Sequence
+from dataclasses import asdict, fields
 from fractions import Fraction
 
 import dagster as dg
 import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import Field
 
 from assets.corpus import DOCUMENTS_TABLE
-from assets.landscape import LARGEST_PILOT_TOKENS, REGIMES, REGIMES_TABLE
+from assets.landscape import REGIMES, REGIMES_TABLE
 from assets.lineage import commit_info, delta_metadata, require_version
 from assets.models import BASE_MODEL
 from assets.resources import DeltaStoreResource, MlflowResource
 from assets.scores import CHUNK_PERPLEXITY
-from assets.tracking import TrackedRun, finish, lineage_tags, log_metrics, start_run
+from assets.tracking import finish, lineage_tags, log_metrics, start_run
 from cpt.delta_store import DeltaStore, partition_predicate
 from cpt.hashing import config_hash
-from cpt.landscape.regimes import LOW_PPL, RANDOM, RegimeConfig, SubsetStats, regime_tokens_prefix, window_name
+from cpt.landscape.regimes import LOW_PPL, RANDOM, RegimeConfig, SubsetStats, window_name
 from cpt.models.base_model import ModelManifest, load_model
-from cpt.scoring.windows import Chunk, WindowPolicy
+from cpt.scoring.windows import Chunk
 from cpt.training.pilot_data import rebuild_chunks
+from cpt.training.pilot_inputs import (
+    ROLES,
+    HeldOut,
+    MixtureSettings,
+    PilotInputError,
+    PilotRunInfo,
+    PilotSettings,
+    PinnedScores,
+    RegimeRunSettings,
+    check_landscape_pins,
+    curve_rows,
+    draw_chunks,
+    draw_held_out,
+    eval_spread,
+    mixture_draws,
+    pinned_scores,
+    point_metrics,
+    size_budget,
+)
 from cpt.training.schema import PILOT_POINTS_SCHEMA
 from cpt.training.trainer import EvalPoint, TrainConfig, TrainResult, continue_pretraining
 from spark_jobs.scoring import SCORES_TABLE
@@ -55,54 +75,70 @@ mix_ratio_partitions = dg.StaticPartitionsDefinition(list(MIX_RATIOS))
 ALL_SCORES = dg.AssetDep(CHUNK_PERPLEXITY, partition_mapping=dg.AllPartitionMapping())
 
 
+_PILOT, _REGIME, _MIXTURE = PilotSettings(), RegimeRunSettings(), MixtureSettings()  # the defaults' one home
+
+
 class PilotConfig(dg.Config):
-    """Training hyperparameters and held-out sets of a pilot run (recorded in MLflow and on every row)."""
+    """Training hyperparameters and held-out sets of a pilot run (recorded in MLflow and on every row).
+
+    Defaults come from :class:`cpt.training.pilot_inputs.PilotSettings`."""
 
     learning_rate: float = Field(
-        3e-4,
+        _PILOT.learning_rate,
         description="peak AdamW learning rate; near the base model's final pretraining rate (the quick-start model "
         "ends at 2e-4): a much higher one re-warms the model and raises general loss even on general data",
     )
-    schedule: str = Field("constant", description="constant (after warmup; the CMR paper's) or cosine")
-    warmup_steps: int = 5
-    micro_batch_size: int = Field(8, description="sequences per forward pass")
-    grad_accum: int = Field(1, description="micro-batches per optimizer step")
-    weight_decay: float = 0.1
-    evals: int = Field(4, description="evaluations after T = 0, evenly spaced up to the budget")
-    eval_tokens: int = Field(8_000, description="tokens in each held-out set (domain, general), fixed by the seed")
-    seed: int = 0
-    window_length: int = Field(256, description="must equal the scoring window policy the chunks were scored with")
-    min_tokens: int = 32
-    add_bos: bool = True
+    schedule: str = Field(_PILOT.schedule, description="constant (after warmup; the CMR paper's) or cosine")
+    warmup_steps: int = Field(_PILOT.warmup_steps, description="optimizer steps of linear warmup")
+    micro_batch_size: int = Field(_PILOT.micro_batch_size, description="sequences per forward pass")
+    grad_accum: int = Field(_PILOT.grad_accum, description="micro-batches per optimizer step")
+    weight_decay: float = Field(_PILOT.weight_decay, description="AdamW weight decay")
+    evals: int = Field(_PILOT.evals, description="evaluations after T = 0, evenly spaced up to the budget")
+    eval_tokens: int = Field(
+        _PILOT.eval_tokens, description="tokens in each held-out set (domain, general), fixed by the seed"
+    )
+    domain_eval_sources: list[str] = Field(
+        list(_PILOT.domain_eval_sources),
+        description="sources the held-out domain chunks are drawn from (their eval split); empty: the eval-only "
+        "domain sources (split: eval) if any, else every domain source's eval split (with a warning)",
+    )
+    general_eval_sources: list[str] = Field(
+        list(_PILOT.general_eval_sources), description="the same for the held-out general chunks"
+    )
+    seed: int = Field(_PILOT.seed, description="seed of the training order and of the draws")
+    window_length: int = Field(
+        _PILOT.window_length, description="must equal the scoring window policy the chunks were scored with"
+    )
+    min_tokens: int = Field(_PILOT.min_tokens, description="the scoring window policy's min_tokens")
+    add_bos: bool = Field(_PILOT.add_bos, description="the scoring window policy's add_bos")
 
-    def policy(self) -> WindowPolicy:
-        return WindowPolicy(length=self.window_length, min_tokens=self.min_tokens, add_bos=self.add_bos)
-
-    def train_config(self, budget: int, ratio: float) -> TrainConfig:
-        return TrainConfig(
-            token_budget=budget,
-            mix_ratio=ratio,
-            micro_batch_size=self.micro_batch_size,
-            grad_accum=self.grad_accum,
-            learning_rate=self.learning_rate,
-            schedule=self.schedule,
-            warmup_steps=self.warmup_steps,
-            weight_decay=self.weight_decay,
-            eval_every_tokens=max(1, budget // self.evals),
-            seed=self.seed,
-        )
+    def settings(self) -> PilotSettings:
+        """The run config as the cpt settings (the fields they share; size and T_max stay with the asset)."""
+        values = {f.name: getattr(self, f.name) for f in fields(PilotSettings)}
+        return PilotSettings(**values | {f"{r}_eval_sources": tuple(values[f"{r}_eval_sources"]) for r in ROLES})
 
 
 class RegimeRunConfig(PilotConfig):
     size_tokens: dict[str, int] = Field(
-        {"small": 16_000, "large": LARGEST_PILOT_TOKENS},
+        dict(_REGIME.size_tokens),
         description="D, the domain tokens a regime run trains on, per size partition (quick-start scale)",
     )
 
 
 class MixtureConfig(PilotConfig):
-    evals: int = Field(12, description="evaluations after T = 0: the trajectory fits need at least 8")
-    t_max_tokens: int = Field(64_000, description="T_max: tokens per mixture run, domain and general together")
+    evals: int = Field(_MIXTURE.evals, description="evaluations after T = 0: the trajectory fits need at least 8")
+    t_max_tokens: int = Field(
+        _MIXTURE.t_max_tokens, description="T_max: tokens per mixture run, domain and general together"
+    )
+
+
+@contextlib.contextmanager
+def _as_failure():
+    """A rule of the inputs that does not hold (a ValueError from cpt) fails the asset with the same message."""
+    try:
+        yield
+    except ValueError as exc:
+        raise dg.Failure(str(exc)) from exc
 
 
 @dg.asset(
@@ -113,7 +149,7 @@ class MixtureConfig(PilotConfig):
     pool=TRAINING_POOL,
     group_name="pilots",
     kinds={"pytorch", "mlflow", "delta"},
-    code_version="regime-runs-v1",
+    code_version="regime-runs-v2",
     description="One pilot CPT run per (regime, size): the base model trained on the first `size` tokens of a "
     "landscape regime; μ, σ and D of what it trained on, and its domain/general loss curve.",
 )
@@ -125,31 +161,25 @@ def regime_runs(
     mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
     keys = context.partition_key.keys_by_dimension
-    if keys["size"] not in config.size_tokens:
-        raise dg.Failure(f"size {keys['size']!r} has no token count in size_tokens {config.size_tokens}")
-    regime_name, budget = keys["regime"], config.size_tokens[keys["size"]]
     store = delta.store()
-    inputs = _PilotInputs.load(store, ModelManifest.from_json(base_model), config)
-    regime = store.read(REGIMES_TABLE, inputs.versions[REGIMES_TABLE], filters=[("name", "=", regime_name)])
-    if regime.num_rows != 1:
-        raise dg.Failure(
-            f"landscape/regimes v{inputs.versions[REGIMES_TABLE]} has no regime {regime_name!r}: the pilot partitions "
-            f"follow the default RegimeConfig ({REGIME_NAMES})"
-        )
-    draw = inputs.draw(regime["chunk_ids"][0].as_py(), budget, config.seed)
+    with _as_failure():
+        settings, budget = config.settings(), size_budget(config.size_tokens, keys["size"])
+        inputs = _PilotInputs.load(store, ModelManifest.from_json(base_model), settings)
+        draw = draw_chunks(inputs.scores, inputs.regime_chunk_ids(keys["regime"]), budget, settings.seed)
+        train_config = settings.train_config(budget, 1.0)
     return _run(
         context,
         store,
         mlflow,
         inputs,
         table=REGIME_RUNS_TABLE,
-        regime=regime_name,
+        regime=keys["regime"],
         ratio=1.0,
-        train_config=config.train_config(budget, 1.0),
+        train_config=train_config,
         domain_ids=draw.chunk_ids,
         general_ids=(),
         stats=draw.stats,
-        params={"pilot": config.model_dump(), "regime": regime_name, "size": keys["size"], "size_tokens": budget},
+        params={"pilot": config.model_dump(), "regime": keys["regime"], "size": keys["size"], "size_tokens": budget},
     )
 
 
@@ -161,7 +191,7 @@ def regime_runs(
     pool=TRAINING_POOL,
     group_name="pilots",
     kinds={"pytorch", "mlflow", "delta"},
-    code_version="mixture-runs-v1",
+    code_version="mixture-runs-v2",
     description="One pilot CPT run per mixture ratio R: domain train chunks interleaved with general replay at R, "
     "trained to T_max tokens, with domain and general loss trajectories from T = 0.",
 )
@@ -172,14 +202,13 @@ def mixture_runs(
     delta: DeltaStoreResource,
     mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
-    ratio = float(Fraction(context.partition_key))
+    ratio, t_max = float(Fraction(context.partition_key)), config.t_max_tokens
     store = delta.store()
-    inputs = _PilotInputs.load(store, ModelManifest.from_json(base_model), config)
-    t_max = config.t_max_tokens
-    domain = inputs.draw(inputs.pool("domain", "train"), round(ratio * t_max), config.seed) if ratio > 0 else None
-    general = (
-        inputs.draw(inputs.pool("general", "train"), round((1 - ratio) * t_max), config.seed) if ratio < 1 else None
-    )
+    with _as_failure():
+        settings = config.settings()
+        inputs = _PilotInputs.load(store, ModelManifest.from_json(base_model), settings)
+        draws = mixture_draws(inputs.scores, ratio, t_max, settings.seed)
+        train_config = settings.train_config(t_max, ratio)
     return _run(
         context,
         store,
@@ -188,104 +217,81 @@ def mixture_runs(
         table=MIXTURE_RUNS_TABLE,
         regime="mixture",
         ratio=ratio,
-        train_config=config.train_config(t_max, ratio),
-        domain_ids=domain.chunk_ids if domain else (),
-        general_ids=general.chunk_ids if general else (),
-        stats=domain.stats if domain else None,
+        train_config=train_config,
+        domain_ids=draws.domain.chunk_ids if draws.domain else (),
+        general_ids=draws.general.chunk_ids if draws.general else (),
+        stats=draws.domain.stats if draws.domain else None,
         params={"pilot": config.model_dump(), "mix_ratio": ratio, "t_max_tokens": t_max},
     )
 
 
 class _PilotInputs:
-    """The scores and documents a pilot draws its chunks from, pinned to what ``landscape/regimes`` was built on.
+    """Reads what a pilot draws from, pinned to what ``landscape/regimes`` was built on (the rules are in
+    :mod:`cpt.training.pilot_inputs`).
 
     Every pilot of both kinds reads the same scores version, model revision and window policy (those the landscape
     recorded), so all of them evaluate on the same held-out chunks and the law fits compare like with like.
     """
 
-    def __init__(self, store: DeltaStore, manifest: ModelManifest, config: PilotConfig, scores: pa.Table, versions):
-        self.store, self.manifest, self.config, self.scores, self.versions = store, manifest, config, scores, versions
-        self.by_id = {c: i for i, c in enumerate(scores["chunk_id"].to_pylist())}
+    def __init__(
+        self, store: DeltaStore, manifest: ModelManifest, settings: PilotSettings, scores: PinnedScores, versions
+    ):
+        self.store, self.manifest, self.settings = store, manifest, settings
+        self.scores, self.versions = scores, versions
+        self.held_out: dict[str, HeldOut] = {
+            role: draw_held_out(scores, role, settings.eval_sources(role), settings.eval_tokens, settings.seed)
+            for role in ROLES
+        }
 
     @classmethod
-    def load(cls, store: DeltaStore, manifest: ModelManifest, config: PilotConfig) -> "_PilotInputs":
+    def load(cls, store: DeltaStore, manifest: ModelManifest, settings: PilotSettings) -> "_PilotInputs":
         versions = {REGIMES_TABLE: require_version(store, REGIMES_TABLE)}
         pins = store.read(
             REGIMES_TABLE, versions[REGIMES_TABLE], columns=["scores_version", "model_revision", "policy_hash"]
         )
-        if pins.num_rows == 0:
-            raise dg.Failure(f"landscape/regimes v{versions[REGIMES_TABLE]} is empty: rebuild the landscape")
-        pin = pins.slice(0, 1).to_pylist()[0]
-        policy = config.policy()
-        if pin["model_revision"] != manifest.revision or pin["policy_hash"] != policy.policy_hash:
-            raise dg.Failure(
-                f"landscape/regimes was built from scores of model {pin['model_revision']} under window policy "
-                f"{pin['policy_hash']}, but the base model is {manifest.revision} and the pilot's policy {policy} "
-                f"({policy.policy_hash}): rebuild the landscape for this model, or set the pilot's window policy"
-            )
-        versions[SCORES_TABLE] = pin["scores_version"]
+        policy = settings.policy()
+        pin = check_landscape_pins(pins.slice(0, 1).to_pylist(), versions[REGIMES_TABLE], manifest.revision, policy)
+        versions[SCORES_TABLE] = pin.scores_version
         versions[DOCUMENTS_TABLE] = require_version(store, DOCUMENTS_TABLE)
         scores = store.read(
             SCORES_TABLE,
             versions[SCORES_TABLE],
-            columns=["chunk_id", "doc_id", "role", "split", "n_tokens", "ppl"],
+            columns=["chunk_id", "doc_id", "source", "role", "split", "n_tokens", "ppl"],
             filters=[("model_revision", "=", manifest.revision), ("policy_hash", "=", policy.policy_hash)],
         )
-        if scores.num_rows == 0:
-            raise dg.Failure(
-                f"scores/chunk_perplexity v{versions[SCORES_TABLE]} holds no chunks scored by model "
-                f"{manifest.revision} under {policy}: score the corpus with this model and window policy first"
+        pinned = pinned_scores(
+            scores.to_pydict(), scores_version=pin.scores_version, model_revision=manifest.revision, policy=policy
+        )
+        return cls(store, manifest, settings, pinned, versions)
+
+    def regime_chunk_ids(self, name: str) -> list[str]:
+        version = self.versions[REGIMES_TABLE]
+        regime = self.store.read(REGIMES_TABLE, version, filters=[("name", "=", name)])
+        if regime.num_rows != 1:
+            raise PilotInputError(
+                f"landscape/regimes v{version} has no regime {name!r}: the pilot partitions follow the default "
+                f"RegimeConfig ({REGIME_NAMES})"
             )
-        return cls(store, manifest, config, scores, versions)
+        return regime["chunk_ids"][0].as_py()
 
-    def pool(self, role: str, split: str) -> list[str]:
-        mask = pc.and_(pc.equal(self.scores["role"], role), pc.equal(self.scores["split"], split))
-        return self.scores.filter(mask)["chunk_id"].to_pylist()
-
-    def draw(self, chunk_ids: list[str], budget: int, seed: int):
-        missing = [c for c in chunk_ids if c not in self.by_id]
-        if missing:
-            raise dg.Failure(
-                f"{len(missing)} chunks are not in the pinned scores (e.g. {missing[:3]}): rebuild the regimes"
-            )
-        rows = [self.by_id[c] for c in chunk_ids]
-        n_tokens = dict(zip(chunk_ids, self.scores["n_tokens"].take(rows).to_pylist(), strict=True))
-        ppl = dict(zip(chunk_ids, self.scores["ppl"].take(rows).to_pylist(), strict=True))
-        try:
-            return regime_tokens_prefix(chunk_ids, n_tokens, ppl, budget, seed)
-        except ValueError as exc:
-            raise dg.Failure(f"cannot draw {budget:,} tokens: {exc}") from exc
-
-    def chunk_sets(self, tokenizer, *id_lists) -> list[list[Chunk]]:
+    def chunk_sets(self, tokenizer, *id_lists: Sequence[str]) -> list[list[Chunk]]:
         """The chunks of each list of ids, rebuilt from one read of their documents."""
         wanted = [c for ids in id_lists for c in ids]
-        doc_ids = self.scores["doc_id"].take(pa.array([self.by_id[c] for c in wanted], pa.int64())).to_pylist()
+        doc_of = {c: self.scores.doc_id[self.scores.index[c]] for c in wanted}
         docs = self.store.read(
             DOCUMENTS_TABLE,
-            self.versions["corpus/documents"],
+            self.versions[DOCUMENTS_TABLE],
             columns=["doc_id", "text"],
-            filters=[("doc_id", "in", sorted(set(doc_ids)))],
+            filters=[("doc_id", "in", sorted(set(doc_of.values())))],
         )
         text_of = dict(zip(docs["doc_id"].to_pylist(), docs["text"].to_pylist(), strict=True))
-        doc_of = dict(zip(wanted, doc_ids, strict=True))
-        try:
-            chunks = rebuild_chunks(tokenizer, wanted, doc_of, text_of, self.config.policy(), self.manifest.revision)
-        except ValueError as exc:
-            raise dg.Failure(str(exc)) from exc
+        with _as_failure():
+            chunks = rebuild_chunks(tokenizer, wanted, doc_of, text_of, self.settings.policy(), self.manifest.revision)
         sets, start = [], 0
         for ids in id_lists:
             sets.append(chunks[start : start + len(ids)])
             start += len(ids)
         return sets
-
-    def held_out_ids(self, role: str) -> tuple[str, ...]:
-        """The fixed evaluation chunks of a role: a seeded draw of ``eval_tokens`` from its eval split."""
-        pool = self.pool(role, "eval")
-        if not pool:
-            raise dg.Failure(f"no {role} eval chunks are scored: a pilot needs held-out {role} data")
-        available = sum(self.scores["n_tokens"].take([self.by_id[c] for c in pool]).to_pylist())
-        budget = min(self.config.eval_tokens, available)
-        return self.draw(pool, budget, seed=self.config.seed + 1).chunk_ids
 
 
 def _run(
@@ -304,24 +310,27 @@ def _run(
     params: dict,
 ) -> dg.MaterializeResult:
     """Train one pilot, track it in MLflow, replace the partition's curve in Delta, and report."""
-    manifest = inputs.manifest
+    manifest, versions, held_out = inputs.manifest, inputs.versions, inputs.held_out
+    for role in ROLES:
+        for warning in held_out[role].sources.warnings:
+            context.log.warning(warning)
     model, tokenizer = load_model(manifest.path)
     domain_eval, general_eval, domain_train, general_train = inputs.chunk_sets(
-        tokenizer, inputs.held_out_ids("domain"), inputs.held_out_ids("general"), domain_ids, general_ids
+        tokenizer, held_out["domain"].chunk_ids, held_out["general"].chunk_ids, domain_ids, general_ids
     )
-    versions = inputs.versions
     eval_set = config_hash(sorted(c.chunk_id for c in [*domain_eval, *general_eval]))
     tags = lineage_tags(context, versions, base_model_revision=manifest.revision, base_model_source=manifest.source)
     run_name = f"{context.asset_key.path[-1]}:{context.partition_key}"
     tracked = start_run(mlflow, "pilots", run_name, tags, params | {"train": asdict(train_config)})
     context.log.info(
         f"pilot {run_name}: {len(domain_train)} domain + {len(general_train)} general train chunks, "
-        f"{train_config.token_budget:,} tokens; eval on {len(domain_eval)} + {len(general_eval)} chunks; "
-        f"MLflow run {tracked.run_id}"
+        f"{train_config.token_budget:,} tokens; eval on {len(domain_eval)} chunks of "
+        f"{', '.join(held_out['domain'].sources.sources)} + {len(general_eval)} of "
+        f"{', '.join(held_out['general'].sources.sources)}; MLflow run {tracked.run_id}"
     )
 
     def on_eval(point: EvalPoint) -> None:
-        log_metrics(mlflow, tracked, [_metrics(point)], step_key="tokens")
+        log_metrics(mlflow, tracked, [point_metrics(point)], step_key="tokens")
         context.log.info(
             f"T={point.tokens:,}: domain loss {point.domain_loss:.4f}, general loss {point.general_loss:.4f}"
         )
@@ -338,21 +347,42 @@ def _run(
             on_eval=on_eval,
         )
         log_metrics(mlflow, tracked, [{"tokens": result.tokens, "seconds": result.seconds}], step_key="tokens")
-        identity = {"train": train_config, "eval_set": eval_set, "eval_tokens": inputs.config.eval_tokens}
-        lineage = {"scores_version": versions[SCORES_TABLE], "eval_set": eval_set, "config_hash": config_hash(identity)}
-        rows = _rows(context, result, tracked, stats, regime, ratio, train_config, manifest, len(domain_train), lineage)
+        identity = {"train": train_config, "eval_set": eval_set, "eval_tokens": inputs.settings.eval_tokens}
+        info = PilotRunInfo(
+            partition=context.partition_key,
+            regime=regime,
+            mix_ratio=ratio,
+            size_tokens=train_config.token_budget,
+            train_chunks=len(domain_train),
+            stats=stats,
+            model_revision=manifest.revision,
+            mlflow_run_id=tracked.run_id,
+            dagster_run_id=context.run.run_id,
+            config_hash=config_hash(identity),
+            scores_version=versions[SCORES_TABLE],
+            eval_set=eval_set,
+        )
+        rows = pa.Table.from_pylist(
+            curve_rows(result, info, held_out["domain"], held_out["general"]), schema=PILOT_POINTS_SCHEMA
+        )
         commit = commit_info(context, context.asset_key, {"params": params, "train": train_config}, versions)
         predicate = partition_predicate({"partition": context.partition_key})
-        version = store.overwrite(table, rows, commit, predicate=predicate)
+        # add_columns: a pilot table written before a column existed gains it (older rows read it as null)
+        version = store.overwrite(table, rows, commit, predicate=predicate, add_columns=True)
     except BaseException:
         finish(mlflow, tracked, ok=False)
         raise
     finish(mlflow, tracked, ok=True)  # only once its curve is committed
+    metadata = delta_metadata(store.table_uri(table), version, PILOT_POINTS_SCHEMA, rows.num_rows)
+    run_link = mlflow.run_link(tracked.experiment_id, tracked.run_id)
+    return dg.MaterializeResult(metadata=metadata | _metadata(result, ratio, stats, versions, held_out, run_link))
+
+
+def _metadata(result: TrainResult, ratio: float, stats: SubsetStats | None, versions, held_out, run_link) -> dict:
     first, last = result.initial, result.final
-    return dg.MaterializeResult(
-        metadata=delta_metadata(store.table_uri(table), version, PILOT_POINTS_SCHEMA, rows.num_rows)
-        | {
-            "mlflow_run": mlflow.run_link(tracked.experiment_id, tracked.run_id),
+    return (
+        {
+            "mlflow_run": run_link,
             "mix_ratio": ratio,
             "tokens": result.tokens,
             "domain_tokens": result.domain_tokens,
@@ -368,6 +398,7 @@ def _run(
             "curve": _curve_markdown(result),
             "input_versions": dg.MetadataValue.json(versions),
         }
+        | _eval_metadata(result, held_out)
         | (
             {"mu": stats.mu, "sigma": stats.sigma, "log_mu": stats.log_mu, "log_sigma": stats.log_sigma}
             if stats
@@ -376,39 +407,23 @@ def _run(
     )
 
 
-def _metrics(point: EvalPoint) -> dict[str, float]:
-    return {
-        "tokens": point.tokens,
-        "domain_loss": point.domain_loss,
-        "general_loss": point.general_loss,
-        "train_loss": point.train_loss,
-        "learning_rate": point.learning_rate,
-        "domain_tokens": point.domain_tokens,
-        "general_tokens": point.general_tokens,
+def _eval_metadata(result: TrainResult, held_out: dict[str, HeldOut]) -> dict[str, object]:
+    """Per role: the sources of its held-out set, why those, and the spread of its chunks' losses at T = 0 and at
+    the end (a wide spread or a large outlier share means a few chunks can move the mean loss)."""
+    meta: dict[str, object] = {
+        "eval_warnings": dg.MetadataValue.json([w for h in held_out.values() for w in h.sources.warnings])
     }
-
-
-def _rows(
-    context, result: TrainResult, tracked: TrackedRun, stats, regime, ratio, train_config, manifest, n_chunks, lineage
-):
-    last = len(result.curve) - 1
-    base = {
-        "partition": context.partition_key,
-        "regime": regime,
-        "mix_ratio": ratio,
-        "size_tokens": train_config.token_budget,
-        "train_chunks": n_chunks,
-        "mu": stats.mu if stats else None,
-        "sigma": stats.sigma if stats else None,
-        "log_mu": stats.log_mu if stats else None,
-        "log_sigma": stats.log_sigma if stats else None,
-        "model_revision": manifest.revision,
-        "mlflow_run_id": tracked.run_id,
-        "dagster_run_id": context.run.run_id,
-        **lineage,
-    }
-    rows = [base | _metrics(p) | {"step": p.step, "is_final": i == last} for i, p in enumerate(result.curve)]
-    return pa.Table.from_pylist(rows, schema=PILOT_POINTS_SCHEMA)
+    for role, h in held_out.items():
+        spread = {
+            name: asdict(eval_spread(getattr(point, f"{role}_chunk_losses"), h.n_tokens))
+            for name, point in (("T0", result.initial), ("final", result.final))
+        }
+        meta |= {
+            f"{role}_eval_sources": dg.MetadataValue.json(list(h.sources.sources)),
+            f"{role}_eval_basis": h.sources.basis,
+            f"{role}_chunk_loss_spread": dg.MetadataValue.json(spread),
+        }
+    return meta
 
 
 def _curve_markdown(result: TrainResult) -> dg.MetadataValue:

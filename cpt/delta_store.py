@@ -174,15 +174,20 @@ class DeltaStore:
         *,
         predicate: str | None,
         partition_by: Sequence[str] | None = None,
+        add_columns: bool = False,
     ) -> int:
         """Replace the rows matching ``predicate`` (the whole table when None) with ``data``, in one commit.
 
         Every row of ``data`` must match the predicate; delta-rs refuses the commit otherwise, which is what keeps a
-        partition-scoped rewrite from touching anything outside its partition.
+        partition-scoped rewrite from touching anything outside its partition. ``add_columns``: columns of ``data``
+        the table lacks are added to its schema (rows outside the predicate read them as null); without it a schema
+        difference is refused.
         """
         if predicate is not None:
             self.ensure_table(key, data.schema, partition_by, commit)
-        return self._write(key, data, commit, mode="overwrite", partition_by=partition_by, predicate=predicate)
+        return self._write(
+            key, data, commit, mode="overwrite", partition_by=partition_by, predicate=predicate, merge=add_columns
+        )
 
     def ensure_table(
         self, key: str | Sequence[str], schema: pa.Schema, partition_by: Sequence[str] | None, commit: CommitInfo
@@ -318,6 +323,7 @@ class DeltaStore:
         mode: Literal["append", "overwrite"],
         partition_by: Sequence[str] | None,
         predicate: str | None = None,
+        merge: bool = False,
     ) -> int:
         commit_id = uuid.uuid4().hex
         for attempt in range(COMMIT_ATTEMPTS):
@@ -328,6 +334,7 @@ class DeltaStore:
                     mode=mode,
                     predicate=predicate,
                     partition_by=list(partition_by) if partition_by else None,
+                    schema_mode="merge" if merge else None,
                     storage_options=self.storage_options,
                     commit_properties=CommitProperties(custom_metadata=commit.custom_metadata(commit_id)),
                 )

@@ -101,16 +101,13 @@ def _report(result) -> bool:
             "domain_loss_final",
             "general_loss_final",
             "seconds",
-            "r2",
-            "loo_relative_error",
-            "optimum_mu",
-            "optimum_sigma",
-            "cmr",
-            "predicted_cmr",
             "registered_model",
+            "promoted",
         )
         meta = {k: v.value for k, v in mat.metadata.items() if k in keys}
         print(f"[cptdata]   {mat.asset_key.to_user_string()}: {meta}", flush=True)
+        if "answer" in mat.metadata:  # a law's answer: what a user acts on, with its basis
+            print(f"[cptdata]   ANSWER {mat.asset_key.to_user_string()}: {mat.metadata['answer'].value}", flush=True)
     failed_checks = [c for c in result.get_asset_check_evaluations() if not c.passed]
     for check in failed_checks:
         meta = {k: v.value for k, v in check.metadata.items()}

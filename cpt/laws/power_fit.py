@@ -7,9 +7,9 @@ the exponents is solved in closed form all at once, the best few grid points sta
 One-term fits are exact 1-D problems after the projection: the SSE profile over the exponent is gridded and
 minimised by Brent's method.
 
-The residual bootstrap (the fixed-design bootstrap for regression with independent, equal-variance errors) refits
-every resample at once: the same exponent grid solved for all resamples in one pass, then a batched
-Levenberg–Marquardt from each resample's best grid point and from the full fit, the better of the two kept.
+Bootstrap replicates are refitted all at once (``refit_rows``): the same exponent grid solved for every replicate
+in one pass, then a batched Levenberg–Marquardt from each replicate's best grid point and from the full fit, the
+better of the two kept. How replicates are drawn (serially correlated noise) is ``serial_noise``'s business.
 """
 
 from __future__ import annotations
@@ -335,29 +335,3 @@ def refit_rows(
     theta = np.stack([t for t, _ in candidates])[pick, rows]
     converged = np.stack([c for _, c in candidates])[pick, rows]
     return theta, sses[pick, rows], converged
-
-
-def residual_bootstrap(
-    x: np.ndarray,
-    y: np.ndarray,
-    fit: PowerSumFit,
-    s_bounds: tuple[float, float],
-    n_bootstrap: int,
-    rng: np.random.Generator,
-    min_gap: float = 0.1,
-) -> tuple[np.ndarray, int]:
-    """Parameter draws (n_bootstrap, 2K + 1): refits to ``ŷ + e*``, ``e*`` drawn with replacement from the residuals.
-
-    Residuals are centred and inflated by ``sqrt(n / (n − p))`` so their spread is not the optimistic in-sample
-    one. Each resample is refitted like the data (``refit_rows``). Rows with a non-finite refit are NaN; the count
-    of refits whose LM stopped on its iteration limit (still at least as good as their grid start) is returned too.
-    """
-    n_terms = len(fit.exponents)
-    theta = fit.theta
-    fitted = model(theta, x, n_terms)
-    e = y - fitted
-    e = (e - e.mean()) * np.sqrt(len(y) / max(len(y) - theta.size, 1))
-    Y = fitted + e[rng.integers(0, len(y), size=(n_bootstrap, len(y)))]
-    draws, sse, converged = refit_rows(x, Y, theta, n_terms, s_bounds, min_gap)
-    draws[~np.isfinite(sse)] = np.nan
-    return draws, int((~converged & np.isfinite(sse)).sum())

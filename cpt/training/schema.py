@@ -34,5 +34,14 @@ PILOT_POINTS_SCHEMA = pa.schema(
         pa.field("config_hash", pa.string()),  # hash of the training config, the eval set and its size
         pa.field("scores_version", pa.int64()),  # the scores version the chunks were drawn from (the landscape's)
         pa.field("eval_set", pa.string()),  # hash of the held-out chunk ids: every pilot must share it
+        # Per-chunk losses of the held-out sets at this point (mean NLL per predicted token of each chunk, in the
+        # eval set's fixed order) and the chunks' predicted-token counts: the law fits aggregate them as configured
+        # (token mean, trimmed mean, median), so a few outlier chunks cannot decide an answer unnoticed.
+        pa.field("domain_chunk_losses", pa.list_(pa.float64())),
+        pa.field("general_chunk_losses", pa.list_(pa.float64())),
+        pa.field("domain_chunk_tokens", pa.list_(pa.int64())),
+        pa.field("general_chunk_tokens", pa.list_(pa.int64())),
+        pa.field("domain_eval_sources", pa.list_(pa.string())),  # sources the held-out domain chunks come from
+        pa.field("general_eval_sources", pa.list_(pa.string())),
     ]
 )

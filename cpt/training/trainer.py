@@ -8,7 +8,8 @@ Reads like a small training script; every choice sits in :class:`TrainConfig` an
    accumulation; gradient clipping;
 3. domain and general loss on fixed held-out chunks at ``T = 0`` and every ``eval_every_tokens`` trained tokens, and at
    the end, computed as the scorer computes chunk NLL (on CPU the ``T = 0`` point is exactly the scorer's loss of the
-   base model; on GPU the weights stay float32 under bfloat16 autocast, so it agrees to bfloat16 rounding);
+   base model; on GPU the weights stay float32 under bfloat16 autocast, so it agrees to bfloat16 rounding), and
+   each held-out chunk's own loss (mean NLL per predicted token), from the same per-chunk sums in one pass;
 4. metrics leave through a callback; the result is a frozen :class:`TrainResult` holding the curve.
 
 Training and evaluation sets are disjoint by chunk id; an overlap is a bug upstream and raises.
@@ -66,6 +67,10 @@ class EvalPoint:
     general_loss: float  # ... on the held-out general chunks (nan when there are none)
     train_loss: float  # mean training loss since the previous point (nan at T = 0)
     learning_rate: float
+    # Each held-out chunk's mean NLL per predicted token, in the order the eval chunks were given (empty when there
+    # are none): ``domain_loss`` is their mean weighted by the chunks' predicted tokens.
+    domain_chunk_losses: tuple[float, ...]
+    general_chunk_losses: tuple[float, ...]
 
 
 @dataclass(frozen=True)
@@ -137,17 +142,37 @@ def mixed_stream(
         yield chunk, take_domain
 
 
-def mean_nll(model: torch.nn.Module, chunks: Sequence[Chunk], pad_id: int, max_batch_tokens: int) -> float:
-    """Mean NLL per predicted token over ``chunks``, as the scorer computes it (float64 sums)."""
+def chunk_nll_sums(model: torch.nn.Module, chunks: Sequence[Chunk], pad_id: int, max_batch_tokens: int) -> np.ndarray:
+    """Summed NLL (float64, nats) of each chunk's predicted tokens, in the order of ``chunks``, as the scorer does."""
+    sums = np.zeros(len(chunks), dtype=np.float64)
     if not chunks:
-        return float("nan")
+        return sums
     device = next(model.parameters()).device
-    total = 0.0
     for batch in plan_batches([len(c.input_ids) for c in chunks], max_batch_tokens):
         ids, mask = pad_batch([chunks[i] for i in batch], pad_id)
         with torch.inference_mode():
-            total += float(batch_nll(model, ids.to(device), mask.to(device)).sum())
-    return total / sum(c.n_predicted for c in chunks)
+            sums[batch] = batch_nll(model, ids.to(device), mask.to(device)).double().cpu().numpy()
+    return sums
+
+
+@dataclass(frozen=True)
+class HeldOutLoss:
+    loss: float  # Σ sum_nll / Σ predicted tokens (nan when there are no chunks)
+    chunk_losses: tuple[float, ...]  # sum_nll / predicted tokens of each chunk, in input order
+
+
+def held_out_loss(model: torch.nn.Module, chunks: Sequence[Chunk], pad_id: int, max_batch_tokens: int) -> HeldOutLoss:
+    """The loss of a held-out set and of each of its chunks, from one pass of per-chunk NLL sums."""
+    if not chunks:
+        return HeldOutLoss(float("nan"), ())
+    sums = chunk_nll_sums(model, chunks, pad_id, max_batch_tokens)
+    tokens = np.array([c.n_predicted for c in chunks], dtype=np.int64)
+    return HeldOutLoss(float(sums.sum() / tokens.sum()), tuple(float(x) for x in sums / tokens))
+
+
+def mean_nll(model: torch.nn.Module, chunks: Sequence[Chunk], pad_id: int, max_batch_tokens: int) -> float:
+    """Mean NLL per predicted token over ``chunks``, as the scorer computes it (float64 sums)."""
+    return held_out_loss(model, chunks, pad_id, max_batch_tokens).loss
 
 
 def _check_disjoint(train: Sequence[Chunk], held_out: Sequence[Chunk]) -> None:
@@ -185,8 +210,8 @@ def continue_pretraining(
     def evaluate() -> None:
         model.eval()
         with _autocast(device):
-            dom = mean_nll(model, domain_eval, pad_id, config.eval_batch_tokens)
-            gen = mean_nll(model, general_eval, pad_id, config.eval_batch_tokens)
+            dom = held_out_loss(model, domain_eval, pad_id, config.eval_batch_tokens)
+            gen = held_out_loss(model, general_eval, pad_id, config.eval_batch_tokens)
         model.train()
         losses = state["losses"]
         point = EvalPoint(
@@ -194,10 +219,12 @@ def continue_pretraining(
             tokens=state["tokens"],
             domain_tokens=state["domain"],
             general_tokens=state["general"],
-            domain_loss=dom,
-            general_loss=gen,
+            domain_loss=dom.loss,
+            general_loss=gen.loss,
             train_loss=float(np.mean(losses)) if losses else float("nan"),
             learning_rate=state["lr"],
+            domain_chunk_losses=dom.chunk_losses,
+            general_chunk_losses=gen.chunk_losses,
         )
         state["losses"] = []
         curve.append(point)

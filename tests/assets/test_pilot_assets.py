@@ -9,6 +9,7 @@ from itertools import islice
 
 import dagster as dg
 import mlflow
+import numpy as np
 import pyarrow.compute as pc
 import pytest
 
@@ -54,14 +55,16 @@ def run(defs, job, instance, **kwargs):
 @pytest.fixture(scope="module")
 def graph(tmp_path_factory, corpora_dir):
     tmp = tmp_path_factory.mktemp("pilots")
+    # "dom" keeps a held-out split of its own, so the automatic eval set must pick the eval-only "dom_eval" over it.
     sources = [
-        ("dom", "med_medquad.jsonl.gz", "domain", "train", 120),
+        ("dom", "med_medquad.jsonl.gz", "domain", "by_group", 120),
         ("dom_eval", "med_abstracts_tc_test.jsonl.gz", "domain", "eval", 12),
         ("gen", "gen_austen.jsonl.gz", "general", "train", 60),
         ("gen_eval", "gen_sotu.jsonl.gz", "general", "eval", 6),
     ]
     entries = [
         {"name": n, "path": slice_of(corpora_dir, f, tmp / f"{n}.jsonl", k), "format": "jsonl", "role": r, "split": s}
+        | ({"eval_fraction": 0.15} if s == "by_group" else {})
         for n, f, r, s, k in sources
     ]
     (tmp / "sources.json").write_text(json.dumps(entries))
@@ -88,6 +91,20 @@ def final_meta(result):
     return {k: v.value for k, v in mat.metadata.items()}
 
 
+def held_out_draw(store, role, source, eval_tokens=PILOT["eval_tokens"], seed=0):
+    """The held-out chunks a pilot must evaluate on: the seeded (seed + 1) draw from one source's eval chunks."""
+    scores = store.read(SCORES_TABLE)
+    n_tok = dict(zip(scores["chunk_id"].to_pylist(), scores["n_tokens"].to_pylist(), strict=True))
+    ppl = dict(zip(scores["chunk_id"].to_pylist(), scores["ppl"].to_pylist(), strict=True))
+    pool = [
+        r["chunk_id"]
+        for r in scores.select(["chunk_id", "role", "split", "source"]).to_pylist()
+        if (r["role"], r["split"], r["source"]) == (role, "eval", source)
+    ]
+    budget = min(eval_tokens, sum(n_tok[c] for c in pool))
+    return [n_tok[c] for c in regime_tokens_prefix(pool, n_tok, ppl, budget, seed + 1).chunk_ids]
+
+
 def test_a_regime_run_trains_on_its_draw_and_reruns_replace_its_curve(graph):
     defs, instance, store, env = graph
     key = dg.MultiPartitionKey({"regime": "window-c0.50-w0.20", "size": "large"})
@@ -107,6 +124,29 @@ def test_a_regime_run_trains_on_its_draw_and_reruns_replace_its_curve(graph):
     assert rows["mu"][0].as_py() == pytest.approx(draw.stats.mu) and rows["train_chunks"][0].as_py() == draw.stats.count
     meta = final_meta(first)
     assert meta["domain_loss_final"] < meta["domain_loss_T0"]  # training on the domain lowers the domain loss
+
+    # The held-out sets: the eval-only sources (not "dom"'s own eval split), one loss per chunk at every point.
+    scores_sources = set(scores.filter(pc.equal(scores["split"], "eval"))["source"].to_pylist())
+    assert {"dom", "dom_eval"} <= scores_sources  # "dom" has eval chunks the automatic choice must leave out
+    assert rows["domain_eval_sources"].to_pylist() == [["dom_eval"]] * 3
+    assert rows["general_eval_sources"].to_pylist() == [["gen_eval"]] * 3
+    expected = {
+        "domain": held_out_draw(store, "domain", "dom_eval"),
+        "general": held_out_draw(store, "general", "gen_eval"),
+    }
+    for row in rows.to_pylist():
+        for role in ("domain", "general"):
+            losses, tokens = row[f"{role}_chunk_losses"], row[f"{role}_chunk_tokens"]
+            assert tokens == expected[role] and len(losses) == len(tokens) > 1
+            weighted = sum(x * n for x, n in zip(losses, tokens, strict=True)) / sum(tokens)
+            assert weighted == pytest.approx(row[f"{role}_loss"], rel=0, abs=1e-9)
+    assert rows["domain_chunk_losses"][0].as_py() != rows["domain_chunk_losses"][2].as_py()  # re-evaluated
+    assert (meta["domain_eval_basis"], meta["domain_eval_sources"]) == ("eval-only sources", ["dom_eval"])
+    assert meta["general_eval_sources"] == ["gen_eval"] and meta["eval_warnings"] == []
+    spread = meta["domain_chunk_loss_spread"]
+    first_losses = rows["domain_chunk_losses"][0].as_py()
+    assert spread["T0"]["chunks"] == len(first_losses) and spread["T0"]["max"] == max(first_losses)
+    assert spread["final"]["median"] == pytest.approx(float(np.median(rows["domain_chunk_losses"][2].as_py())))
 
     client = mlflow.MlflowClient(f"sqlite:///{env['CPTDATA_HOME']}/mlflow.db")
     run_id = rows["mlflow_run_id"][0].as_py()
@@ -137,3 +177,32 @@ def test_mixture_runs_hold_their_ratio_and_share_the_t0_point(graph):
     start = rows.filter(pc.equal(rows["tokens"], 0))
     assert start.num_rows == 2 and len(set(start["domain_loss"].to_pylist())) == 1  # same base model, same eval set
     assert set(rows["general_loss"].to_pylist()) and all(x == x for x in rows["general_loss"].to_pylist())
+
+
+def test_the_eval_sources_a_user_configures_are_used_and_an_unknown_one_fails_clearly(graph):
+    defs, instance, store, _ = graph
+    job = defs.resolve_job_def("mixture_pilots")
+    mixture = RUN_CONFIG["ops"]["pilots__mixture_runs"]["config"]
+
+    def execute(domain_eval_sources):
+        config = {"pilots__mixture_runs": {"config": mixture | {"domain_eval_sources": domain_eval_sources}}}
+        return job.execute_in_process(
+            instance=instance, raise_on_error=False, run_config={"ops": config}, partition_key="1/2"
+        )
+
+    failed = execute(["nope"])
+    assert not failed.success
+    (failure,) = [e for e in failed.all_events if e.is_step_failure]
+    message = failure.step_failure_data.user_failure_data.description
+    assert message == (
+        "domain_eval_sources names 'nope', which has no domain eval chunks in the pinned scores; sources with domain "
+        "eval chunks: dom, dom_eval"
+    )
+    if store.exists(MIXTURE_RUNS_TABLE):  # written by the test before, when run with it
+        assert "1/2" not in set(store.read(MIXTURE_RUNS_TABLE)["partition"].to_pylist())  # nothing was written
+
+    assert execute(["dom"]).success
+    rows = store.read(MIXTURE_RUNS_TABLE, filters=[("partition", "=", "1/2")])
+    assert rows.num_rows >= 3 and rows["domain_eval_sources"].to_pylist() == [["dom"]] * rows.num_rows
+    assert rows["domain_chunk_tokens"].to_pylist() == [held_out_draw(store, "domain", "dom")] * rows.num_rows
+    assert rows["general_eval_sources"].to_pylist() == [["gen_eval"]] * rows.num_rows

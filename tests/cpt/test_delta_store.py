@@ -44,6 +44,16 @@ def test_partition_overwrite_touches_only_its_partition(store, commit):
     assert store.version("t") == 1
 
 
+def test_partition_overwrite_adds_new_columns_only_when_asked(store, commit):
+    store.append("t", rows(("a", "x", 1), ("b", "y", 2)), commit, partition_by=["source"])
+    wider = rows(("c", "x", 3)).append_column("note", pa.array(["new"]))
+    with pytest.raises(DeltaError, match=r"(?i)schema"):
+        store.overwrite("t", wider, commit, predicate="source = 'x'", partition_by=["source"])
+    store.overwrite("t", wider, commit, predicate="source = 'x'", partition_by=["source"], add_columns=True)
+    table = store.read("t").sort_by("k")
+    assert table["note"].to_pylist() == [None, "new"] and table["k"].to_pylist() == ["b", "c"]
+
+
 def test_partition_overwrite_creates_a_missing_table(store, commit):
     assert store.overwrite("new", rows(("a", "x", 1)), commit, predicate="source = 'x'", partition_by=["source"]) == 1
     assert contents(store, "new") == [("a", "x", 1)]

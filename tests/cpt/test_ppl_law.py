@@ -1,4 +1,4 @@
-"""The perplexity-aware data law (Paper A): fit recovery, intervals, leave-one-run-out, optimum, typed errors."""
+"""The perplexity-aware data law (Paper A): fit recovery, intervals, leave-one-regime-out, typed errors."""
 
 from __future__ import annotations
 
@@ -9,15 +9,14 @@ import numpy as np
 import pytest
 
 from cpt.laws.errors import DegenerateData, LawFitError, NoConvergence, TooFewPoints
-from cpt.laws.ppl_law import (
+from cpt.laws.ppl.law import (
     PARAM_NAMES,
     PplLawOptions,
     PplLawParams,
     PplObservations,
-    SupportRegion,
+    bootstrap_ppl_law,
     fit_ppl_law,
     g,
-    ppl_optimum,
     sample_observations,
 )
 
@@ -29,7 +28,6 @@ SIZES = [1e8, 3e8, 1e9]
 MU = np.array([m for m, _ in REGIMES for _ in SIZES], dtype=float)
 SIGMA = np.array([s for _, s in REGIMES for _ in SIZES], dtype=float)
 D = np.array([d for _ in REGIMES for d in SIZES])
-PILOT_BOX = SupportRegion(6, 40, 2, 18)
 
 
 def synthetic(seed: int, noise_sd: float = 0.005) -> PplObservations:
@@ -67,7 +65,7 @@ def test_sample_observations_noise_is_lognormal_on_the_loss():
 def test_fit_recovers_the_law(fitted):
     obs, fit = fitted
     assert fit.converged
-    assert fit.n_points == 30 and fit.n_runs == 30
+    assert fit.n_points == 30 and fit.n_groups == 30
     assert fit.r2 > 0.995
     assert fit.rmse < 0.03
     truth = TRUE.predict(MU, SIGMA, D)
@@ -87,22 +85,54 @@ def test_true_parameters_inside_bootstrap_intervals(fitted):
         assert lo <= getattr(TRUE, name) <= hi, (name, lo, hi, getattr(TRUE, name))
 
 
-def test_leave_one_run_out_error_is_small(fitted):
+def test_held_out_error_is_small(fitted):
     _, fit = fitted
-    assert set(fit.loo_errors) == {f"run-{i}" for i in range(30)}
-    assert fit.loo_rmse is not None
-    assert fit.rmse <= fit.loo_rmse < 0.04  # held-out error exceeds the in-sample error, and stays small
-    assert max(fit.loo_errors.values()) < 0.1
+    assert set(fit.heldout_errors) == {f"run-{i}" for i in range(30)}  # one run per group by default
+    assert fit.heldout_rmse is not None
+    assert fit.rmse <= fit.heldout_rmse < 0.04  # held-out error exceeds the in-sample error, and stays small
+    assert max(fit.heldout_errors.values()) < 0.1
 
 
-def test_leave_one_run_out_drops_whole_runs():
-    """Rows of one run are held out together: with each regime's three sizes as one run there are 10 errors."""
+def test_leave_one_regime_out_drops_every_size_of_a_regime():
+    """Rows of one regime are held out (and resampled) together: 10 regimes × 3 sizes give 10 held-out errors."""
     base = synthetic(0)
-    runs = tuple(f"regime-{i // 3}" for i in range(30))
-    obs = PplObservations(base.mu, base.sigma, base.D, base.loss, runs)
+    regimes = tuple(f"regime-{i // 3}" for i in range(30))
+    obs = PplObservations(base.mu, base.sigma, base.D, base.loss, base.run_ids, regimes)
     fit = fit_ppl_law(obs, PplLawOptions(n_bootstrap=5), np.random.default_rng(0))
-    assert set(fit.loo_errors) == {f"regime-{i}" for i in range(10)}
-    assert fit.n_runs == 10 and fit.n_bootstrap_ok == 5
+    assert set(fit.heldout_errors) == {f"regime-{i}" for i in range(10)}
+    assert fit.n_groups == 10 and fit.n_bootstrap_ok == 5
+
+
+def _shared_noise_observations(seed: int, n_regimes: int = 10) -> tuple[PplObservations, np.ndarray]:
+    """Regimes at fresh (μ, σ), two sizes each; most noise is the regime's own (shared by its sizes: the same chunks,
+    the same eval set), a little is the run's. Returns the observations and their noise-free losses."""
+    rng = np.random.default_rng(seed)
+    mu = np.repeat(rng.uniform(6, 40, n_regimes), 2)
+    sigma = np.repeat(rng.uniform(2, 18, n_regimes), 2)
+    d = np.tile([1e8, 1e9], n_regimes)
+    truth = TRUE.predict(mu, sigma, d)
+    noise = np.repeat(0.02 * rng.standard_normal(n_regimes), 2) + 0.002 * rng.standard_normal(2 * n_regimes)
+    regimes = tuple(f"r{i // 2}" for i in range(2 * n_regimes))
+    runs = tuple(f"{r}|{i % 2}" for i, r in enumerate(regimes))
+    return PplObservations(mu, sigma, d, truth * np.exp(noise), runs, regimes), truth
+
+
+def test_leave_one_regime_out_estimates_the_error_on_new_regimes_and_run_level_does_not():
+    """With noise shared within a regime, leave-one-run-out keeps the other size of the held-out regime in the fit
+    and is optimistic; leaving the whole regime out matches the error on regimes the fit never saw."""
+    options = PplLawOptions(n_bootstrap=0)
+    by_regime, by_run, fresh = [], [], []
+    for seed in range(8):
+        obs, _ = _shared_noise_observations(seed)
+        regime_fit = fit_ppl_law(obs, options, np.random.default_rng(0))
+        runs_only = PplObservations(obs.mu, obs.sigma, obs.D, obs.loss, obs.run_ids)  # each run its own group
+        by_run.append(fit_ppl_law(runs_only, options, np.random.default_rng(0)).heldout_rmse)
+        by_regime.append(regime_fit.heldout_rmse)
+        new, _ = _shared_noise_observations(1000 + seed, 40)
+        fresh.append(float(np.sqrt(np.mean((regime_fit.params.predict(new.mu, new.sigma, new.D) - new.loss) ** 2))))
+    regime_mean, run_mean, fresh_mean = np.mean(by_regime), np.mean(by_run), np.mean(fresh)
+    assert run_mean < 0.75 * fresh_mean, (run_mean, fresh_mean)  # run-level: optimistic
+    assert 0.75 * fresh_mean < regime_mean < 1.5 * fresh_mean, (regime_mean, fresh_mean)
 
 
 def test_to_json_is_plain(fitted):
@@ -117,56 +147,21 @@ def test_to_json_is_plain(fitted):
 def test_options_are_recorded_not_applied():
     obs = synthetic(0)
     var = PplObservations(obs.mu, obs.sigma**2, obs.D, obs.loss, obs.run_ids)
-    options = PplLawOptions(sigma_kind="var", ppl_space="log", n_bootstrap=0, leave_one_run_out=False)
+    options = PplLawOptions(sigma_kind="var", ppl_space="log", n_bootstrap=0, held_out=False)
     fit = fit_ppl_law(var, options, np.random.default_rng(0))
     assert fit.options.sigma_kind == "var" and fit.to_json()["options"]["ppl_space"] == "log"
-    assert fit.ci == {} and fit.loo_rmse is None
+    assert fit.ci == {} and fit.heldout_rmse is None
     with pytest.raises(ValueError, match="sigma_kind"):
         PplLawOptions(sigma_kind="iqr")  # type: ignore[arg-type]
 
 
-def test_optimum_interior_for_the_true_law():
-    opt = ppl_optimum(TRUE, PILOT_BOX, reference=(40.0, 18.0))
-    assert not opt.on_boundary and opt.boundary_sides == ()
-    assert opt.mu == pytest.approx(20.0, rel=2e-3) and opt.sigma == pytest.approx(10.0, rel=2e-3)
-    h = 1e-5  # a stationary point of g
-    assert abs(float(g(TRUE, opt.mu + h, opt.sigma) - g(TRUE, opt.mu - h, opt.sigma)) / (2 * h)) < 1e-6
-    assert abs(float(g(TRUE, opt.mu, opt.sigma + h) - g(TRUE, opt.mu, opt.sigma - h)) / (2 * h)) < 1e-6
-    dense = g(TRUE, np.linspace(6, 40, 400)[:, None], np.linspace(2, 18, 400)[None, :])
-    assert opt.g >= dense.max() - 1e-12
-    expected_gain = 1 - math.exp(-(opt.g - float(g(TRUE, 40.0, 18.0))))
-    assert opt.predicted_gain == pytest.approx(expected_gain) and opt.predicted_gain > 0
-
-
-def test_optimum_on_the_boundary():
-    low_mu = ppl_optimum(TRUE, SupportRegion(6, 15, 2, 18))
-    assert low_mu.on_boundary and low_mu.boundary_sides == ("mu_max",)
-    assert low_mu.mu == pytest.approx(15.0) and 2 < low_mu.sigma < 18
-    corner = ppl_optimum(TRUE, SupportRegion(25, 40, 12, 18))
-    assert set(corner.boundary_sides) == {"mu_min", "sigma_min"}
-    dense = g(TRUE, np.linspace(25, 40, 300)[:, None], np.linspace(12, 18, 300)[None, :])
-    assert corner.g >= dense.max() - 1e-12
-    assert corner.predicted_gain is None
-
-
-def test_fitted_optimum_is_nearly_as_good_as_the_true_one(fitted):
-    _, fit = fitted
-    opt = ppl_optimum(fit.params, PILOT_BOX)
-    best = ppl_optimum(TRUE, PILOT_BOX)
-    regret = best.g - float(g(TRUE, opt.mu, opt.sigma))  # in log reducible loss
-    assert not opt.on_boundary
-    assert 0 <= regret < 0.02
-    assert json.dumps(opt.to_json())
-
-
-def test_support_region_around_pilot_points():
-    region = SupportRegion.around(MU, SIGMA, margin=0.1)
-    assert region.mu_max == pytest.approx(40 + 3.4) and region.sigma_max == pytest.approx(18 + 1.6)
-    # the low sides are widened too, but never below half the smallest pilot value
-    assert region.mu_min == pytest.approx(max(6 - 3.4, 3.0)) and region.sigma_min == pytest.approx(max(2 - 1.6, 1.0))
-    assert SupportRegion.around(MU, SIGMA, margin=0.01).mu_min == pytest.approx(6 - 0.34)
-    with pytest.raises(DegenerateData):
-        SupportRegion(10, 5, 1, 2)
+def test_bootstrap_of_a_given_fit_matches_the_fits_own_draws(fitted):
+    obs, fit = fitted
+    options = PplLawOptions(n_bootstrap=20)
+    draws = bootstrap_ppl_law(obs, fit.params, options, np.random.default_rng(7))
+    assert draws.shape == (20, 7) and np.isfinite(draws).all()
+    lo, hi = fit.ci["alpha_D"]
+    assert lo - 0.05 < np.median(draws[:, 6]) < hi + 0.05
 
 
 # --- typed errors ------------------------------------------------------------------------------------------------
@@ -178,7 +173,7 @@ def _with(obs: PplObservations, **changes) -> PplObservations:
     return PplObservations(**fields)
 
 
-QUICK = PplLawOptions(n_bootstrap=0, leave_one_run_out=False)
+QUICK = PplLawOptions(n_bootstrap=0, held_out=False)
 
 
 def test_too_few_points():
@@ -196,7 +191,7 @@ def test_too_few_points():
         ({"D": np.full(30, 1e8)}, "all D are equal"),
         ({"loss": np.where(np.arange(30) == 4, np.nan, 3.0)}, "loss has 1 non-finite"),
         ({"D": np.where(np.arange(30) == 2, -1.0, 1e8 + np.arange(30))}, "D has 1 non-finite or non-positive"),
-        ({"run_ids": tuple("same" for _ in range(30))}, "one run"),
+        ({"run_ids": tuple("same" for _ in range(30))}, "one regime"),
     ],
 )
 def test_degenerate_inputs(change, match):
@@ -222,9 +217,7 @@ def test_mismatched_lengths():
 
 def test_no_convergence_when_the_optimizer_cannot_finish():
     with pytest.raises(NoConvergence, match="every start"):
-        fit_ppl_law(
-            synthetic(0), PplLawOptions(n_bootstrap=0, leave_one_run_out=False, max_iter=1), np.random.default_rng(0)
-        )
+        fit_ppl_law(synthetic(0), PplLawOptions(n_bootstrap=0, held_out=False, max_iter=1), np.random.default_rng(0))
 
 
 def test_errors_are_value_errors_with_advice():
@@ -239,8 +232,9 @@ def test_errors_are_value_errors_with_advice():
 
 @pytest.mark.slow
 def test_bootstrap_interval_coverage():
-    """Over 50 noisy data sets the nominal-95 % run-bootstrap intervals hold the true value ≥ 90 % of the time."""
-    options = PplLawOptions(n_bootstrap=100, ci_level=0.95, leave_one_run_out=False)
+    """Over 50 noisy data sets the nominal-95 % bootstrap intervals (one run per regime) hold the true value ≥ 90 %
+    of the time."""
+    options = PplLawOptions(n_bootstrap=100, ci_level=0.95, held_out=False)
     hits, total = 0, 0
     per_param = dict.fromkeys(PARAM_NAMES, 0)
     for seed in range(50):

@@ -8,7 +8,7 @@ import torch
 from cpt.models.base_model import load_model, load_tokenizer
 from cpt.scoring.scorer import ChunkScorer
 from cpt.scoring.windows import WindowPolicy, chunk_documents
-from cpt.training.trainer import TrainConfig, continue_pretraining, lr_at, mixed_stream
+from cpt.training.trainer import TrainConfig, continue_pretraining, held_out_loss, lr_at, mixed_stream
 from tests.conftest import TINY_TEXTS
 
 POLICY = WindowPolicy(length=16, min_tokens=4)
@@ -51,6 +51,61 @@ def test_three_steps_lower_the_training_loss_and_t0_equals_the_scorer(tiny):
     assert sum(s.sum_nll for s in after) < 0.95 * sum(s.sum_nll for s in before)  # training loss went down
     assert result.final.domain_loss < result.initial.domain_loss
     assert list(result.curve) == seen  # every point left through the callback
+
+
+def test_per_chunk_eval_losses_are_the_scorers_at_t0_and_average_to_the_set_loss(tiny):
+    model, tokenizer, chunks = tiny
+    train = chunks[:8]
+    # Shortest first, so the length-sorted batches (several, at 40 tokens each) reorder them: the per-chunk losses
+    # must still come back in the order the chunks were given.
+    domain_eval = sorted(chunks[-12:-5], key=lambda c: len(c.input_ids))
+    general_eval = chunks[-5:]
+    assert len({len(c.input_ids) for c in domain_eval}) > 1
+    fresh = load_model(model.name_or_path)[0]
+    scored, _ = ChunkScorer(fresh, pad_id=tokenizer.pad_token_id).score([*domain_eval, *general_eval])
+    pool_tokens = sum(c.n_predicted for c in train)
+    config = TrainConfig(
+        token_budget=2 * pool_tokens,
+        micro_batch_size=8,
+        learning_rate=1e-2,
+        warmup_steps=1,
+        eval_every_tokens=pool_tokens,
+        eval_batch_tokens=40,
+    )
+
+    result = continue_pretraining(
+        model,
+        domain_train=train,
+        general_train=[],
+        domain_eval=domain_eval,
+        general_eval=general_eval,
+        config=config,
+        pad_id=tokenizer.pad_token_id,
+        device=torch.device("cpu"),
+    )
+
+    assert len(result.curve) == 3
+    for point in result.curve:
+        for losses, held_out, loss in (
+            (point.domain_chunk_losses, domain_eval, point.domain_loss),
+            (point.general_chunk_losses, general_eval, point.general_loss),
+        ):
+            assert len(losses) == len(held_out)
+            tokens = [c.n_predicted for c in held_out]
+            weighted = sum(x * n for x, n in zip(losses, tokens, strict=True)) / sum(tokens)
+            assert weighted == pytest.approx(loss, rel=0, abs=1e-9)
+    t0 = [*result.initial.domain_chunk_losses, *result.initial.general_chunk_losses]
+    assert t0 == pytest.approx([s.sum_nll / s.n_tokens for s in scored], rel=0, abs=1e-5)
+    assert max(t0) - min(t0) > 1e-3  # the chunks differ, so a wrong order could not pass the line above
+    assert result.final.domain_chunk_losses != result.initial.domain_chunk_losses  # evaluated again after training
+
+
+def test_an_empty_held_out_set_has_no_chunk_losses(tiny):
+    model, tokenizer, chunks = tiny
+    empty = held_out_loss(model, [], tokenizer.pad_token_id, 64)
+    assert empty.chunk_losses == () and empty.loss != empty.loss  # nan
+    one = held_out_loss(model, chunks[:1], tokenizer.pad_token_id, 64)
+    assert len(one.chunk_losses) == 1 and one.chunk_losses[0] == pytest.approx(one.loss, abs=1e-12)
 
 
 def test_training_on_an_eval_chunk_is_refused(tiny):

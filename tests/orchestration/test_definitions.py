@@ -33,7 +33,7 @@ GRAPH = {
         "partitions": "0, 1/8, 1/4, 1/3, 1/2, 3/4, 1",
         "deps": ["landscape/regimes", "models/base_model", "scores/chunk_perplexity"],
     },
-    "laws/ppl_law": {"group": "laws", "partitions": None, "deps": ["pilots/regime_runs"]},
+    "laws/ppl_law": {"group": "laws", "partitions": None, "deps": ["landscape/regimes", "pilots/regime_runs"]},
     "laws/cmr": {"group": "laws", "partitions": None, "deps": ["pilots/mixture_runs"]},
 }
 CHECKS = {
