@@ -155,16 +155,6 @@ def _promote(mlflow: MlflowResource, name: str, version: str, gate: GateResult, 
     return gate.passed
 
 
-def champion_version(mlflow: MlflowResource, name: str) -> str | None:
-    """The version the ``champion`` alias points at (None: never promoted)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return str(mlflow.client().get_model_version_by_alias(name, CHAMPION).version)
-    except MlflowException:
-        return None
-
-
 def _pip_requirements() -> list[str]:
     """What the served model imports (``cpt`` itself travels in ``code_paths``), at the versions running now."""
     from importlib.metadata import version

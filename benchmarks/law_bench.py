@@ -6,6 +6,9 @@ features, warm-started from the full fit. The baseline: L-BFGS-B on the same Hub
 first notebook does. Both see the same resamples of the same 30 synthetic points (10 (μ, σ) regimes × 3 sizes).
 It prints seconds, refits/s, the speed ratio, and how often the baseline reaches the platform's optimum.
 
+Then the CMR analysis at the quick-start's pilot shape (7 ratios × 12 checkpoints): its fits alone, and with the
+200-replicate bootstrap whose checkpoint noise is calibrated as AR(1) by simulation — what the honest intervals cost.
+
     .venv/bin/python -m benchmarks.law_bench
     BENCH_REFITS=200 .venv/bin/python -m benchmarks.law_bench   (a quicker look)
 """
@@ -112,5 +115,37 @@ def main() -> None:
     )
 
 
+def cmr_bench() -> None:
+    from cpt.laws.cmr.analysis import CmrOptions, analyse_cmr
+    from cpt.laws.cmr.forms import DomTrajectory, GenTrajectory
+    from cpt.laws.serial_noise import ar1_noise
+
+    t_max, tokens = 64_000.0, np.linspace(0.0, 64_000.0, 13)
+    rng = np.random.default_rng(0)
+    data = {}
+    for r in (0.0, 1 / 8, 1 / 4, 1 / 3, 1 / 2, 3 / 4, 1.0):
+        dom = DomTrajectory(-(0.03 + 0.5 * r) * t_max**-0.3, 0.3, 0.0)
+        gen = GenTrajectory(0.21 * r * t_max**-0.35, 0.35, -0.0316 * t_max**-0.9, 0.9, 0.0)
+        t = np.maximum(tokens, 1.0)
+        noise = ar1_noise(rng, 0.8, 0.005, (2, tokens.size))
+        data[r] = (
+            tokens,
+            6.2 + np.where(tokens > 0, dom.value(t), 0) + noise[0],
+            5.4 + np.where(tokens > 0, gen.value(t), 0) + noise[1],
+        )
+    timings = {}
+    for n in (0, 200):
+        start = time.perf_counter()
+        result = analyse_cmr(data, 6.2, 5.4, t_max, CmrOptions(n_bootstrap=n), rng=np.random.default_rng(1))
+        timings[n] = time.perf_counter() - start
+    noise = result.noise
+    print(
+        f"CMR analysis, 7 ratios × 12 checkpoints: fits and decision {timings[0]:.2f} s; with 200 AR(1)-calibrated "
+        f"bootstrap replicates {timings[200]:.2f} s ({timings[200] / timings[0]:.0f}×); calibrated ρ: domain "
+        f"{noise['dom'].rho:.2f}, general {noise['gen'].rho:.2f} (simulated 0.8)"
+    )
+
+
 if __name__ == "__main__":
     main()
+    cmr_bench()

@@ -71,7 +71,7 @@ def ppl_law_gate(fit: PplLawFit, comparison: NullComparison, mean_loss: float, g
 
 @dataclass(frozen=True)
 class CmrGate:
-    max_trajectory_rmse: float = 0.05  # largest in-sample RMSE of a trajectory fit (loss units)
+    max_trajectory_rmse: float = 0.02  # largest in-sample RMSE of a trajectory fit (loss units)
     max_heldout_rmse: float = 0.05  # RMSE of the trajectories at held-out later checkpoints
 
 

@@ -152,7 +152,8 @@ def cmr_law_png(analysis: CmrAnalysis, answer: CmrAnswer) -> bytes:
     if answer.ratio is not None:
         err = None
         if answer.interval is not None:
-            err = [[answer.ratio - answer.interval[0]], [answer.interval[1] - answer.ratio]]
+            lo, hi = answer.interval  # a percentile interval need not hold the point answer: no negative bars
+            err = [[max(answer.ratio - lo, 0.0)], [max(hi - answer.ratio, 0.0)]]
         label = f"answer {answer.ratio:.3f} at {answer.tokens:,.0f} tokens (basis: {answer.basis})"
         ax.errorbar([answer.tokens], [answer.ratio], yerr=err, fmt="*", c="red", ms=14, capsize=4, label=label)
     if analysis.tolerance is not None:

@@ -15,7 +15,7 @@ import pyarrow as pa
 from cpt.laws.cmr.analysis import CmrAnalysis, CmrOptions, analyse_cmr
 from cpt.laws.cmr.answer import CmrAnswer
 from cpt.laws.cmr.heldout import HeldOutError, trajectory_heldout_error
-from cpt.laws.errors import LawFitError
+from cpt.laws.errors import DegenerateData, LawFitError
 from cpt.laws.gates import CmrGate, GateResult, PplGate, cmr_gate, ppl_law_gate
 from cpt.laws.pilot_tables import EvalAggregate, EvalLoss, MixtureData, mixture_trajectories, regime_observations
 from cpt.laws.ppl.answer import AnswerRules, LandscapeAnswer, NullComparison, compare_with_size_law, landscape_answer
@@ -97,6 +97,12 @@ class PplReport:
     def caveats(self) -> tuple[str, ...]:
         """What the user should know before acting on the answer."""
         out = []
+        margin = self.answer.best_pilot.loss - self.optimum.predicted_loss
+        if self.answer.basis != "size law" and abs(margin) < self.comparison.ppl_heldout_rmse:
+            out.append(
+                f"the optimum and the best pilot regime differ by {abs(margin):.4f} in loss, less than the law's "
+                f"held-out error ({self.comparison.ppl_heldout_rmse:.4f}): the data barely decide between them"
+            )
         if self.optimum.boundary_share is not None and self.optimum.boundary_share > 0.5:
             out.append(
                 f"{self.optimum.boundary_share:.0%} of the bootstrap optima lie on the search region's boundary: the "
@@ -108,7 +114,14 @@ class PplReport:
         return self.answer.to_json() | {"caveats": list(self.caveats())}
 
     def summary(self) -> str:
-        return "; ".join([self.answer.summary(), *self.caveats()])
+        o, level = self.optimum, self.settings.ci_level
+        spread = ""
+        if self.answer.basis == "law optimum" and o.mu_ci is not None and o.sigma_ci is not None:
+            spread = (
+                f" ({level:.0%} bootstrap interval of the optimum: μ {o.mu_ci[0]:.4g}–{o.mu_ci[1]:.4g}, "
+                f"σ {o.sigma_ci[0]:.4g}–{o.sigma_ci[1]:.4g})"
+            )
+        return "; ".join([self.answer.summary() + spread, *self.caveats()])
 
     def quality(self) -> dict[str, float | int | bool | None]:
         return {
@@ -157,6 +170,8 @@ def ppl_report(
 
 
 def _reachable(pool_ppl: np.ndarray, pool_tokens: np.ndarray, settings: PplSettings, largest_pilot: float):
+    if len(pool_ppl) == 0:
+        raise DegenerateData("the domain pool holds no scored train chunks", "score the domain sources first")
     values = np.log(pool_ppl) if settings.ppl_space == "log" else np.asarray(pool_ppl, dtype=np.float64)
     tokens = settings.selection_tokens or largest_pilot
     count = round(tokens / float(np.mean(pool_tokens)))
@@ -175,7 +190,7 @@ class CmrSettings:
     eval_aggregate: EvalAggregate = "mean"
     eval_trim: float = 0.1
     holdout_fraction: float = 0.25  # last share of each run's tokens held out to score the trajectory fits
-    max_trajectory_rmse: float = 0.05
+    max_trajectory_rmse: float = 0.02  # well inside ε: a curve off by the tolerance itself cannot decide it
     max_heldout_rmse: float = 0.05
     max_cmr_law_residual: float = 0.1
 
@@ -227,12 +242,22 @@ class CmrReport:
     def caveats(self) -> tuple[str, ...]:
         """Where the data cannot decide: the bootstrap splits the CMR, or a robust eval loss moves the answer."""
         out = []
+        a = self.answer
         shares = sorted(((p, r) for r, p in self.analysis.cmr_distribution.items()), reverse=True, key=lambda x: x[0])
         if shares and shares[0][0] < 0.7:
             split = " or ".join(f"{'none' if r is None else f'{r:.3g}'} ({p:.0%})" for p, r in shares[:2])
             out.append(f"the pilots cannot decide the measured CMR: bootstrap replicates put it at {split}")
+        if a.law_share is not None and (a.law_share < 0.5) == (a.basis == "law"):
+            out.append(f"only {a.law_share:.0%} of the bootstrap replicates answer from a determined law")
+        if a.no_answer_share:
+            out.append(f"{a.no_answer_share:.0%} of the bootstrap replicates find no tolerable ratio at all")
+        if a.ratio is not None and a.interval is not None and not a.interval[0] <= a.ratio <= a.interval[1]:
+            out.append("the answer lies outside its own bootstrap interval: the pilots support it weakly")
         for aggregate, other in self.eval_sensitivity.items():
-            if "answer" in other and other["answer"] != self.answer.ratio:
+            moved = other.get("basis") != a.basis or (other.get("answer") is None) != (a.ratio is None)
+            if not moved and a.ratio is not None:
+                moved = abs(other["answer"] - a.ratio) > 0.02
+            if "answer" in other and moved:
                 value = "none" if other["answer"] is None else f"{other['answer']:.3g}"
                 out.append(f"with the {aggregate} eval loss the answer would be {value} (basis {other['basis']})")
         return tuple(out)

@@ -241,7 +241,7 @@ def test_cmr_law_and_prediction(analysis):
     assert answer.basis == "law" and answer.extrapolated
     assert answer.law_value > analysis.tolerance[1] == pytest.approx(bound, abs=0.01)
     assert answer.ratio == analysis.tolerance[1]
-    assert any("breaks the general-loss tolerance" in r for r in answer.reasons)
+    assert any("outside the tolerable ratios" in r for r in answer.reasons)
 
 
 def test_answer_inside_the_tolerance_is_the_law_and_within_the_budget_is_not_extrapolated():
@@ -259,7 +259,7 @@ def test_lambda_zero_leaves_no_root_and_the_answer_falls_back_to_the_measured_cm
     assert result.cmr_law is None
     answer = result.answer()
     assert answer.basis == "measured" and answer.ratio == 1 / 3 and answer.extrapolated
-    assert any("needs at least 3" in r for r in answer.reasons)
+    assert any("needs at least 4" in r for r in answer.reasons)
 
 
 def test_to_json_is_plain(analysis):
@@ -328,15 +328,24 @@ LAW = CmrLaw(alpha4=0.2, s4=0.3, beta3=0.0, token_unit=1e9)  # R(T) = 0.2·(T/1e
 
 
 def _model(**changes) -> CmrAnswerModel:
-    base = {"t_max": 1e9, "measured_cmr": 0.2, "tolerance": (0.0, 0.3), "law": LAW, "law_problems": ()}
+    base = {
+        "t_max": 1e9,
+        "measured_cmr": 0.2,
+        "tolerance": (0.0, 0.3),
+        "law": LAW,
+        "law_problems": (),
+        "law_t_min": 2e8,
+    }
     return CmrAnswerModel(**base | changes)
 
 
 def test_answer_follows_a_determined_law_and_flags_extrapolation():
     inside = answer_cmr(_model(), 1e9)
     assert inside.basis == "law" and inside.ratio == pytest.approx(0.2) and not inside.extrapolated
+    assert not answer_cmr(_model(), 5e8).extrapolated  # between the law's smallest T0 and T_max
     beyond = answer_cmr(_model(), 2e9)
     assert beyond.extrapolated and beyond.ratio == pytest.approx(0.2 * 2**0.3)
+    assert answer_cmr(_model(), 1e8).extrapolated  # below the smallest critical point the law was fitted on
     far = answer_cmr(_model(), 1e11)  # the law would give 0.8: outside the tolerance interval
     assert far.law_value == pytest.approx(0.2 * 100**0.3) and far.ratio == 0.3 and far.basis == "law"
 
@@ -348,6 +357,16 @@ def test_an_undetermined_law_falls_back_to_the_measured_cmr(problem):
     answer = answer_cmr(_model(law_problems=(problem,)), 4e9)
     assert answer.basis == "measured" and answer.ratio == 0.2 and answer.extrapolated
     assert problem in answer.reasons and any("measured at the pilots' budget" in r for r in answer.reasons)
+
+
+def test_the_measured_answer_holds_only_at_the_pilots_budget_and_within_the_tolerance():
+    undetermined = _model(law_problems=("no law",), measured_cmr=0.5)
+    at_budget = answer_cmr(undetermined, 1e9)
+    assert at_budget.ratio == 0.3 and not at_budget.extrapolated  # 0.5 breaks the fitted tolerance: moved to 0.3
+    assert any("outside the tolerable ratios" in r for r in at_budget.reasons)
+    smaller = answer_cmr(undetermined, 2e8)
+    assert smaller.extrapolated and any("not at 200,000,000" in r for r in smaller.reasons)
+    assert answer_cmr(_model(law_problems=("no law",), tolerance=None), 1e9).ratio is None
 
 
 def test_a_law_far_outside_the_unit_interval_is_not_used_at_that_budget():
@@ -365,9 +384,11 @@ def test_no_tolerable_ratio_gives_no_answer():
 def test_answer_interval_comes_from_the_same_function_on_every_replicate():
     draws = [_model(law=CmrLaw(0.2 * k, 0.3, 0.0, 1e9)) for k in np.linspace(0.9, 1.1, 21)]
     draws.append(_model(law=None, law_problems=("no law",), measured_cmr=0.125))
+    draws.append(_model(tolerance=None))  # a replicate in which no ratio is tolerable: counted, not in the interval
     answer = answer_with_interval(_model(), draws, 1e9, 0.9)
-    assert answer.ratio == pytest.approx(0.2) and answer.law_share == pytest.approx(21 / 22)
+    assert answer.ratio == pytest.approx(0.2) and answer.law_share == pytest.approx(22 / 23)
     assert answer.interval[0] < 0.2 < answer.interval[1] <= 0.22
+    assert answer.no_answer_share == pytest.approx(1 / 23) and answer.level == 0.9
 
 
 def test_law_inconsistent_with_the_measured_cmr_is_not_determined():

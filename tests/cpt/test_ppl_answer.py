@@ -78,9 +78,9 @@ def test_law_optimum_when_the_law_earns_it(landscape_matters):
     c = compare_with_size_law(obs, fit, size, RULES, np.random.default_rng(0))
     optimum = ppl_optimum(fit.params, SearchRegion(BOX), float(D.max()), fit.draws)
     answer = landscape_answer(obs, fit, c, optimum, RULES, random_regime="r9")
-    assert answer.basis == "law optimum" and answer.optimum_holds_against_best_pilot
+    assert answer.basis == "law optimum" and answer.optimum_beats_best_pilot
     assert (answer.mu, answer.sigma) == (optimum.mu, optimum.sigma)
-    assert optimum.predicted_loss <= answer.best_pilot.loss + fit.heldout_rmse
+    assert optimum.predicted_loss < answer.best_pilot.loss
     assert answer.random_pilot is not None and answer.random_pilot.regime == "r9"
     assert json.dumps(answer.to_json())
 
@@ -90,10 +90,10 @@ def test_best_pilot_regime_when_the_optimum_does_not_beat_it(landscape_matters):
     c = compare_with_size_law(obs, fit, size, RULES, np.random.default_rng(0))
     far = ppl_optimum(fit.params, SearchRegion(TrustRegion.box(36, 40, 2, 3)), float(D.max()))  # a poor corner
     answer = landscape_answer(obs, fit, c, far, RULES, random_regime=None)
-    assert answer.basis == "best pilot regime" and not answer.optimum_holds_against_best_pilot
+    assert answer.basis == "best pilot regime" and not answer.optimum_beats_best_pilot
     best = int(np.argmin(np.where(D.max() == D, obs.loss, np.inf)))
     assert (answer.mu, answer.sigma) == (obs.mu[best], obs.sigma[best])
-    assert any("predicted worse than the best pilot regime" in r for r in answer.reasons)
+    assert any("not predicted to beat the best pilot regime" in r for r in answer.reasons)
 
 
 # --- the reachable region ------------------------------------------------------------------------------------------
@@ -153,6 +153,20 @@ def test_optimum_spread_and_near_optimal_set(landscape_matters):
     assert near.mu_range[0] <= opt.mu <= near.mu_range[1] and near.sigma_range[0] <= opt.sigma <= near.sigma_range[1]
     assert 0.0 <= opt.boundary_share < 0.2
     assert json.dumps(opt.to_json(), allow_nan=False)
+
+
+def test_a_gap_in_the_search_region_is_not_searched():
+    from cpt.laws.ppl.region import ReachableRegion
+
+    mu = np.linspace(6, 40, 200)
+    hi = np.where((mu > 17) & (mu < 23), 1.5, 18.0)  # around μ 20 the pool cannot spread beyond σ 1.5
+    gap = ReachableRegion(50, mu, np.full(mu.size, 1.0), hi)
+    region = SearchRegion(TrustRegion.box(6, 40, 2, 18), gap)
+    grid = region_grid(region)
+    assert not grid.valid[(grid.mu > 17.5) & (grid.mu < 22.5)].any()
+    assert grid.valid[(grid.mu < 16.5) | (grid.mu > 23.5)].all()
+    opt = ppl_optimum(TRUE, region, 1e9)  # the true optimum (20, 10) is in the gap: the answer lies at its edge
+    assert not 17.5 < opt.mu < 22.5 and "mu (edge of a gap in the region)" in opt.boundary_sides
 
 
 def test_search_region_refuses_a_pool_that_misses_the_pilots():

@@ -262,9 +262,8 @@ def _decide(
         next_infeasible=above[0] if above else None,
         max_residual=options.max_law_residual,
     )
-    model = CmrAnswerModel(
-        float(t_max), cmr, tolerance_interval(gen_law, L_gen0, eps, options.relative_eps), law, problems
-    )
+    tolerable = tolerance_interval(gen_law, L_gen0, eps, options.relative_eps)
+    model = CmrAnswerModel(float(t_max), cmr, tolerable, law, problems, points[0][0] if points else None)
     return _Decision(critical, tol, feas, cmr, law, points, model)
 
 
@@ -469,9 +468,11 @@ def _bootstrap(
         gen_at = {r: L_gen0 + float(gen[r].value(t_max)) for r in ratios}
         try:
             gen_law = fit_ratio_law(np.array(ratios), np.array([gen_at[r] for r in ratios]))
+            d = _decide(
+                _Curves(dom, gen, gen_at, curves.t_lo), gen_law, options.lam, options.eps, L_gen0, t_max, options
+            )
         except DegenerateData:
             continue
-        d = _decide(_Curves(dom, gen, gen_at, curves.t_lo), gen_law, options.lam, options.eps, L_gen0, t_max, options)
         for r in ratios:
             t0[r][b] = d.critical[r].t0
             at_tmax[r][b] = gen_at[r]

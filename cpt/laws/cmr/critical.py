@@ -12,6 +12,10 @@ that dips, rises and turns again: it would be called feasible from the start and
   information);
 - ``kind="none"``: ``∂F/∂T > 0`` at ``T_max`` (``F`` still rising at the budget): ``T0 = T_max``, not feasible.
 
+docs/science.md §3 words feasibility as "∂F/∂T ≤ 0 for some T ≤ T_max"; with T0 the last crossing (§6) that reads
+"on [T0, T_max]": a ratio whose F fell early and is rising again at the budget is not feasible — more CPT at that
+ratio no longer pays.
+
 For the forms of Paper B, ``T·∂F/∂T`` is a sum of three power terms, so it changes sign at most twice (Descartes'
 rule for generalised polynomials): + → −, − → + → −, + → − → + and − → + are all the shapes there are.
 
@@ -74,6 +78,8 @@ def critical_point(
         raise DegenerateData(f"t_min={lo} must lie in (0, t_max={t_max})", "pass a smaller t_min")
     u = np.linspace(math.log(lo), math.log(t_max), grid_size)
     h = _scaled_dfdt(dom, gen, lam, np.exp(u))
+    if not np.isfinite(h).all():
+        raise DegenerateData("∂F/∂T is not finite on the scanned range", "check the trajectory fits for overflow")
     if h[-1] > 0:
         return CriticalPoint(float(t_max), "none")
     crossings = np.flatnonzero((h[:-1] > 0) & (h[1:] <= 0))

@@ -7,8 +7,8 @@ Evidence, all out of sample (leave-one-regime-out):
 - **within-size** R² and Spearman rank correlation of the held-out predictions at each pilot size — the part of the
   fit that data size cannot explain;
 - the optimum's predicted loss against the **best observed pilot regime** and the **random subset** at the largest
-  pilot size. A prediction is compared with an observation, and the lowest of many noisy observations is biased low,
-  so the optimum holds against the best pilot unless it is predicted worse by more than the law's held-out error.
+  pilot size: the optimum must be predicted better than the best pilot regime was observed to be. (The lowest of
+  many noisy observations is biased low, so a near-tie goes to the observed regime; the report says how near.)
 
 Basis:
 
@@ -104,6 +104,9 @@ def compare_with_size_law(
     """Held-out errors of both laws, the gain with its regime-bootstrap interval, within-size R² and rank ρ."""
     names, groups = obs.group_index()
     ok = np.isfinite(ppl.heldout_predicted) & np.isfinite(size.heldout_predicted)
+    if not ok.any():  # no held-out refit (held_out off, or every refit failed): nothing to compare
+        nan = math.nan
+        return NullComparison(nan, nan, nan, (nan, nan), False, {}, {}, {}, len(names))
     sq_ppl = np.bincount(groups[ok], (ppl.heldout_predicted[ok] - obs.loss[ok]) ** 2, minlength=len(names))
     sq_size = np.bincount(groups[ok], (size.heldout_predicted[ok] - obs.loss[ok]) ** 2, minlength=len(names))
     rows = np.bincount(groups[ok], minlength=len(names)).astype(np.float64)
@@ -154,7 +157,7 @@ class LandscapeAnswer:
     baselines: tuple[str, ...]  # what the answer beat (or did not), in words with numbers
     best_pilot: PilotPoint  # lowest observed loss at the largest pilot size
     random_pilot: PilotPoint | None  # the random subset at the largest pilot size (the papers' baseline)
-    optimum_holds_against_best_pilot: bool  # predicted loss at the optimum ≤ best pilot's observed + held-out RMSE
+    optimum_beats_best_pilot: bool  # predicted loss at the optimum < the best pilot's observed loss
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -165,7 +168,7 @@ class LandscapeAnswer:
             "baselines": list(self.baselines),
             "best_pilot": asdict(self.best_pilot),
             "random_pilot": None if self.random_pilot is None else asdict(self.random_pilot),
-            "optimum_holds_against_best_pilot": self.optimum_holds_against_best_pilot,
+            "optimum_beats_best_pilot": self.optimum_beats_best_pilot,
         }
 
     def summary(self) -> str:
@@ -193,8 +196,7 @@ def landscape_answer(
     best = _pilot(obs, regimes, int(largest[np.argmin(obs.loss[largest])]))
     rand_rows = [int(i) for i in largest if regimes[i] == random_regime]
     random = _pilot(obs, regimes, rand_rows[0]) if rand_rows else None
-    margin = optimum.predicted_loss - best.loss
-    beats_best = margin <= (fit.heldout_rmse or 0.0)
+    beats_best = optimum.predicted_loss < best.loss
     interval = f"[{comparison.gain_ci[0]:.4f}, {comparison.gain_ci[1]:.4f}]"
     baselines = [
         f"held-out RMSE {comparison.ppl_heldout_rmse:.4f} (landscape law) vs {comparison.size_heldout_rmse:.4f} "
@@ -205,10 +207,14 @@ def landscape_answer(
     ]
     if not comparison.beats_size_law:
         target = random or best
-        reason = (
+        finding = (
             f"the landscape has no measurable effect: the landscape law does not predict held-out regimes better "
-            f"than the size-only law (gain interval {interval}); no landscape is preferred, so the target is "
-            + ("the pool's own (the random subset's μ, σ)" if random else "the best pilot regime's")
+            f"than the size-only law (gain interval {interval})"
+            if math.isfinite(comparison.gain)
+            else "the landscape law could not be compared with the size-only law out of sample (no held-out refit)"
+        )
+        reason = f"{finding}; no landscape is preferred, so the target is " + (
+            "the pool's own (the random subset's μ, σ)" if random else "the best pilot regime's"
         )
         return LandscapeAnswer(
             "size law", target.mu, target.sigma, (reason,), tuple(baselines), best, random, beats_best
@@ -223,16 +229,15 @@ def landscape_answer(
         )
     if not beats_best:
         problems.append(
-            f"its optimum is predicted worse than the best pilot regime by more than the law's held-out error "
-            f"({optimum.predicted_loss:.4f} vs {best.loss:.4f} observed; held-out RMSE {fit.heldout_rmse:.4f})"
+            f"its optimum is not predicted to beat the best pilot regime ({optimum.predicted_loss:.4f} predicted vs "
+            f"{best.loss:.4f} observed for {best.regime})"
         )
     if problems:
         return LandscapeAnswer(
             "best pilot regime", best.mu, best.sigma, tuple(problems), tuple(baselines), best, random, beats_best
         )
     reasons = [
-        "the landscape law beats the size-only law held out, and its optimum is predicted no worse than the best "
-        "pilot regime"
+        "the landscape law beats the size-only law held out, and its optimum is predicted to beat the best pilot"
     ]
     if optimum.on_boundary:
         reasons.append(f"the optimum lies on the search region's boundary ({', '.join(optimum.boundary_sides)})")

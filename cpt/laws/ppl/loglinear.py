@@ -53,6 +53,11 @@ class Problem:
         s[s == 0] = 1.0  # a constant feature stays a zero column; the rank check reports it
         return Problem((X - m) / s, m, s, np.log(loss), loss, delta)
 
+    @property
+    def min_rows(self) -> int:
+        """Distinct rows a refit needs: one more than the parameters (E and the coefficients)."""
+        return self.Z.shape[1] + 2
+
     def to_coef(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
         """``θ`` → (E, c) in the original features."""
         c = theta[1:] / self.s
@@ -173,6 +178,8 @@ def group_bootstrap(
     draws = np.full((settings.n_bootstrap, problem.Z.shape[1] + 1), np.nan)
     for b in range(settings.n_bootstrap):
         counts = np.bincount(rng.integers(0, n_groups, size=n_groups), minlength=n_groups)
+        if int((counts[group_index] > 0).sum()) < problem.min_rows:  # too few distinct rows to identify the law
+            continue
         res = refit(problem, counts[group_index].astype(np.float64), theta, settings, warm_only=True)
         if res is not None:
             E_b, c_b = problem.to_coef(res.x)
@@ -225,6 +232,9 @@ def fit_loglinear(
         if settings.held_out:
             for k in range(n_groups):
                 rows = group_index == k
+                if int((~rows).sum()) < problem.min_rows:
+                    messages.append(f"without group {k} too few rows remain to refit")
+                    continue
                 res = refit(problem, (~rows).astype(np.float64), theta, settings)
                 if res is None:
                     messages.append(f"the refit without group {k} failed")
@@ -239,7 +249,7 @@ def fit_loglinear(
             draws = group_bootstrap(problem, theta, group_index, settings, rng)
         failed = int((~np.isfinite(draws[:, 0])).sum()) if draws.size else 0
         if failed:
-            messages.append(f"{failed} of {settings.n_bootstrap} bootstrap refits failed")
+            messages.append(f"{failed} of {settings.n_bootstrap} bootstrap resamples failed or held too few regimes")
     return LogLinearFit(
         E=E,
         coef=coef,

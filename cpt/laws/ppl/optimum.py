@@ -2,7 +2,7 @@
 
 With ``D_c > 0`` minimising ``L`` means maximising ``g(μ, σ)``, and ``D`` is a separate factor, so the optimum does
 not depend on the budget. It is searched on a grid laid over the search region (reachable by the pool, inside the
-trust box) and reported with
+pilots' hull) and reported with
 
 - the sides of the region it sits on (then the law wants landscapes the pool or the pilots do not supply);
 - the bootstrap spread of (μ̂, σ̂): the optimum of every bootstrap refit of the law over the same region;
@@ -27,15 +27,24 @@ from cpt.laws.ppl.region import SearchRegion
 @dataclass(frozen=True, eq=False)
 class RegionGrid:
     mu: np.ndarray  # (M,)
-    sigma: np.ndarray  # (M, S): σ values at each μ, spanning that μ's σ range
+    sigma: np.ndarray  # (M, S): σ values at each μ, spanning that μ's σ range; NaN where the region has a gap
     sides: tuple[str, str, np.ndarray, np.ndarray]  # μ low/high side names; per-μ σ low/high side names
+
+    @property
+    def valid(self) -> np.ndarray:
+        return np.isfinite(self.sigma)
 
     def boundary_sides(self, i: int, j: int) -> tuple[str, ...]:
         sides = []
+        gap = ~self.valid[:, 0]
         if i == 0:
             sides.append(self.sides[0])
+        elif gap[i - 1]:
+            sides.append("mu (edge of a gap in the region)")
         if i == len(self.mu) - 1:
             sides.append(self.sides[1])
+        elif gap[i + 1]:
+            sides.append("mu (edge of a gap in the region)")
         if j == 0:
             sides.append(str(self.sides[2][i]))
         if j == self.sigma.shape[1] - 1:
@@ -58,11 +67,12 @@ def region_grid(region: SearchRegion, n_mu: int = 241, n_sigma: int = 121) -> Re
         lo_side = "mu_min (reachable)"
     if last < n_mu - 1:
         hi_side = "mu_max (reachable)"
-    mu, s_lo, s_hi = mu[first : last + 1], s_lo[first : last + 1], s_hi[first : last + 1]
-    lo_reach, hi_reach = lo_reach[first : last + 1], hi_reach[first : last + 1]
-    s_hi = np.where(np.isfinite(s_hi) & (s_hi > s_lo), s_hi, s_lo)  # μ where the region pinches: a single σ
+    cols = slice(first, last + 1)
+    mu, s_lo, s_hi, keep = mu[cols], s_lo[cols], s_hi[cols], keep[cols]
+    lo_reach, hi_reach = lo_reach[cols], hi_reach[cols]
     frac = np.linspace(0.0, 1.0, n_sigma)
-    sigma = s_lo[:, None] + (np.maximum(s_hi, s_lo) - s_lo)[:, None] * frac[None, :]
+    sigma = s_lo[:, None] + (s_hi - s_lo)[:, None] * frac[None, :]
+    sigma[~keep] = np.nan  # a μ where the reachable band and the trust region do not overlap: not searched
     lo_names = np.where(lo_reach, "sigma_min (reachable)", "sigma_min (pilot hull)")
     hi_names = np.where(hi_reach, "sigma_max (reachable)", "sigma_max (pilot hull)")
     return RegionGrid(mu, sigma, (lo_side, hi_side, lo_names, hi_names))
@@ -146,7 +156,7 @@ def ppl_optimum(
         inside[i, j] = True  # the optimum is in its own near-optimal set, whatever the interval
         rows, cols = np.nonzero(inside)
         near = NearOptimalSet(
-            float(inside.mean()),
+            float(inside.sum() / grid.valid.sum()),
             (float(grid.mu[rows].min()), float(grid.mu[rows].max())),
             (float(grid.sigma[rows, cols].min()), float(grid.sigma[rows, cols].max())),
         )

@@ -49,6 +49,8 @@ def fit_size_law(obs: PplObservations, options: PplLawOptions) -> SizeLawFit:
     """Fit ``L = E + B/D^α`` on the same runs with leave-one-regime-out held-out predictions (no bootstrap)."""
     if np.unique(obs.D).size < 2:
         raise DegenerateData("every pilot run has the same D", "the size law needs at least two pilot sizes")
+    if len(set(obs.group_ids)) < 2:
+        raise DegenerateData("all rows belong to one regime", "the held-out comparison needs several regimes")
     X = np.column_stack([np.ones(len(obs)), -np.log(obs.D)])
     names, groups = obs.group_index()
     core = fit_loglinear(X, obs.loss, groups, replace(options.settings, n_bootstrap=0), None, "size-only law")
