@@ -1,4 +1,12 @@
-"""Stage ``corpus``: declared sources → the ``corpus/documents`` Delta table; malformed records → ``corpus/rejects``."""
+"""Stage ``corpus``: declared sources → the ``corpus/documents`` Delta table; malformed records → ``corpus/rejects``.
+
+One run ingests one source (a partition): the rejects partition is replaced, the candidate documents pass the gate
+checks, then :func:`cpt.corpus.publish.publish_documents` replaces the documents partition against the very version
+it checked cross-source uniqueness on (optimistic concurrency; its docstring says why that and not a concurrency
+pool). A source without documents fails unless it allows being empty. Each documents materialization carries a
+data version of the partition's content, so a changed corpus marks what depends on it stale and an unchanged
+re-ingest does not; each commit records the source fingerprint the landing sensor compares with.
+"""
 
 from datetime import UTC, datetime
 
@@ -7,10 +15,11 @@ import dagster as dg
 from assets.lineage import commit_info, counts_markdown, delta_metadata
 from assets.partitions import corpus_sources
 from assets.resources import CorpusCatalogResource, DeltaStoreResource
-from cpt.corpus.ingest import IngestResult, ingest_source
+from cpt.corpus.ingest import IngestResult, ingest_source, rejects_data_version
+from cpt.corpus.publish import PublishConflictError, Published, publish_documents
 from cpt.corpus.quality import duplicate_count, empty_text_count, schema_differences
 from cpt.corpus.schema import DOCUMENTS_SCHEMA, PARTITION_COLUMN
-from cpt.corpus.sources import SourceSpec, SourceUnreadableError
+from cpt.corpus.sources import EmptySourceError, SourceSpec, SourceUnreadableError, source_fingerprint
 from cpt.delta_store import DeltaStore, partition_predicate
 
 DOCUMENTS = dg.AssetKey(["corpus", "documents"])
@@ -32,16 +41,16 @@ CHECK_REJECT_RATE = "reject_rate_below_threshold"
             "split drawn by group, normalised text and counts. Partitioned by source.",
             group_name="corpus",
             kinds={"delta", "python"},
-            code_version="corpus-documents-v1",
+            code_version="corpus-documents-v2",
             skippable=True,  # not materialized when the candidate fails its checks
         ),
         dg.AssetSpec(
             REJECTS,
             description="One row per malformed source record (bad JSON, invalid UTF-8, missing/empty text, wrong "
-            "types, truncated gzip), with the reason and the raw bytes. Partitioned by source.",
+            "types, truncated or corrupt gzip), with the reason and the raw bytes. Partitioned by source.",
             group_name="corpus",
             kinds={"delta", "python"},
-            code_version="corpus-documents-v1",
+            code_version="corpus-documents-v2",
         ),
     ],
     partitions_def=corpus_sources,
@@ -73,22 +82,17 @@ CHECK_REJECT_RATE = "reject_rate_below_threshold"
 def corpus_documents(context: dg.AssetExecutionContext, delta: DeltaStoreResource, catalog: CorpusCatalogResource):
     source = catalog.resolve(context.partition_key)
     context.log.info(f"ingesting {source.name!r} ({source.format.value}, {source.role.value}) from {source.path}")
+    fingerprint = source_fingerprint(source)  # before reading: a change made meanwhile is ingested on the next tick
     store = delta.store()
     base_version = store.version(DOCUMENTS_TABLE)
     try:
-        result = ingest_source(
-            source,
-            run_id=context.run.run_id,
-            ingested_at=datetime.now(UTC),
-            other_sources_ids=_ids_of_other_sources(store, base_version, source.name),
-        )
-    except SourceUnreadableError as exc:
+        result = ingest_source(source, run_id=context.run.run_id, ingested_at=datetime.now(UTC))
+    except SourceUnreadableError as exc:  # also an empty source: nothing is written, the partition keeps its data
         raise dg.Failure(description=str(exc), metadata={"source": source.name, "path": source.path}) from exc
     stats = result.stats
     context.log.info(
         f"{source.name}: {stats.records_read} records → {stats.documents} documents, {stats.duplicates_dropped} "
-        f"duplicates and {stats.cross_source_duplicates} texts of other sources dropped, {stats.rejects} rejected "
-        f"{dict(stats.rejects_by_reason)}"
+        f"duplicates dropped, {stats.rejects} rejected {dict(stats.rejects_by_reason)}"
     )
     predicate = partition_predicate({PARTITION_COLUMN: source.name})
     # The quarantine is always recorded; the documents partition is replaced only when the candidate passes the
@@ -100,21 +104,17 @@ def corpus_documents(context: dg.AssetExecutionContext, delta: DeltaStoreResourc
         predicate=predicate,
         partition_by=[PARTITION_COLUMN],
     )
+    ingest_checkpoint("rejects_committed")
+    rejects_materialization = dg.MaterializeResult(
+        asset_key=REJECTS,
+        metadata=delta_metadata(
+            store.table_uri(REJECTS_TABLE), rejects_version, result.rejects.schema, result.rejects.num_rows
+        )
+        | {"rejects_by_reason": dict(stats.rejects_by_reason)},
+        data_version=dg.DataVersion(rejects_data_version(result.rejects)),
+    )
     gate = _gate_checks(store, base_version, result, catalog.max_reject_rate)
-    if all(c.passed for c in gate):
-        documents_version = store.overwrite(
-            DOCUMENTS_TABLE,
-            result.documents,
-            commit_info(context, DOCUMENTS, source),
-            predicate=predicate,
-            partition_by=[PARTITION_COLUMN],
-        )
-        yield dg.MaterializeResult(
-            asset_key=DOCUMENTS,
-            metadata=_documents_metadata(store, documents_version, result, source),
-            check_results=[*gate, _unique_ids_check(store, documents_version)],
-        )
-    else:
+    if not all(c.passed for c in gate):
         failed = [c.check_name for c in gate if not c.passed]
         context.log.error(f"{source.name}: checks {failed} failed; corpus/documents left at version {base_version}")
         yield from gate
@@ -124,41 +124,68 @@ def corpus_documents(context: dg.AssetExecutionContext, delta: DeltaStoreResourc
             passed=True,
             metadata={"note": "not re-evaluated: nothing was written"},
         )
-    yield dg.MaterializeResult(
-        asset_key=REJECTS,
-        metadata=delta_metadata(
-            store.table_uri(REJECTS_TABLE), rejects_version, result.rejects.schema, result.rejects.num_rows
+        yield rejects_materialization
+        return
+    try:
+        published = publish_documents(
+            store,
+            DOCUMENTS_TABLE,
+            source,
+            result,
+            commit_info(context, DOCUMENTS, source),
+            fingerprint=fingerprint,
+            checkpoint=lambda point: ingest_checkpoint(point),
         )
-        | {"rejects_by_reason": dict(stats.rejects_by_reason)},
+    except (EmptySourceError, PublishConflictError) as exc:
+        yield rejects_materialization  # the quarantine was recorded; the documents partition did not move
+        raise dg.Failure(description=str(exc), metadata={"source": source.name, "path": source.path}) from exc
+    ingest_checkpoint("documents_committed")
+    final = published.result.stats
+    context.log.info(
+        f"{source.name}: {final.documents} documents committed at corpus/documents v{published.version} "
+        f"({final.cross_source_duplicates} texts other sources hold dropped, checked against "
+        f"v{published.checked_against}, attempt {published.attempts})"
     )
+    yield dg.MaterializeResult(
+        asset_key=DOCUMENTS,
+        metadata=_documents_metadata(store, published, source, fingerprint),
+        check_results=[*gate, _unique_ids_check(store, published.version)],
+        data_version=dg.DataVersion(published.data_version),
+    )
+    yield rejects_materialization
 
 
-def _ids_of_other_sources(store: DeltaStore, version: int | None, source: str) -> frozenset[str]:
-    if version is None:
-        return frozenset()
-    ids = store.read(DOCUMENTS_TABLE, version, columns=["doc_id"], filters=[(PARTITION_COLUMN, "!=", source)])
-    return frozenset(ids.column("doc_id").to_pylist())
+def ingest_checkpoint(point: str) -> None:
+    """A named point of an ingest: ``rejects_committed``, ``documents_files_written`` (before the documents commit),
+    ``documents_committed`` (before Dagster records the materialization). Does nothing; the reliability tests
+    replace it to pause or kill an ingest exactly there."""
+    return None
 
 
-def _documents_metadata(store: DeltaStore, version: int, result: IngestResult, source: SourceSpec) -> dict:
-    stats = result.stats
-    whole = store.read(DOCUMENTS_TABLE, version, columns=["role", "split"])
+def _documents_metadata(store: DeltaStore, published: Published, source: SourceSpec, fingerprint: str) -> dict:
+    stats = published.result.stats
+    whole = store.read(DOCUMENTS_TABLE, published.version, columns=["role", "split"])
     by_role_split = (
         whole.group_by(["role", "split"])
         .aggregate([([], "count_all")])
         .sort_by([("role", "ascending"), ("split", "ascending")])
         .to_pylist()
     )
-    return delta_metadata(store.table_uri(DOCUMENTS_TABLE), version, DOCUMENTS_SCHEMA, result.documents.num_rows) | {
+    uri = store.table_uri(DOCUMENTS_TABLE)
+    return delta_metadata(uri, published.version, DOCUMENTS_SCHEMA, published.result.documents.num_rows) | {
         "table_rows_total": whole.num_rows,
         "documents_by_role_and_split": counts_markdown(by_role_split, ["role", "split", "count_all"]),
         "partition_documents_by_split": dict(stats.documents_by_split),
         "records_read": stats.records_read,
         "duplicates_dropped": stats.duplicates_dropped,
         "cross_source_duplicates": stats.cross_source_duplicates,
+        "cross_source_checked_at_version": published.checked_against,
+        "publish_attempts": published.attempts,
         "rejects": stats.rejects,
         "reject_rate": stats.reject_rate,
         "source_files": dg.MetadataValue.json(list(stats.files)),
+        "source_fingerprint": fingerprint,
+        "data_version": published.data_version,
         "source_spec": dg.MetadataValue.json({k: str(v) for k, v in vars(source).items()}),
     }
 

@@ -1,6 +1,9 @@
 """Resources the assets use: where tables live, how Spark runs, where MLflow records, which sources exist.
 
-They hold infrastructure and catalogue settings only; ``orchestration.profiles`` builds them per profile.
+They hold infrastructure and catalogue settings only; ``orchestration.profiles`` builds them per profile. Fields
+that may hold credentials are marked secret (the UI masks a plain value) and are given ``dg.EnvVar("NAME")`` by the
+profiles, so Dagster shows only the variable's name and resolves the value when a run starts; no method here puts a
+secret in a log line or in metadata.
 """
 
 from __future__ import annotations
@@ -8,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 import dagster as dg
 from pydantic import Field
@@ -19,22 +23,49 @@ from spark_jobs.session import SparkSettings, build_session
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
+SECRET = {"dagster__is_secret": True}  # the Resources page and GraphQL show a mask instead of a plain value
+
+
+def redact_uri(uri: str) -> str:
+    """``http://user:pw@host/p?token=x`` → ``http://***@host/p``: a URI fit for a log line or metadata."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return "***"
+    netloc = f"***@{parts.netloc.rsplit('@', 1)[1]}" if "@" in parts.netloc else parts.netloc
+    return urlunsplit((parts.scheme, netloc, parts.path.split(";", 1)[0], "", ""))
+
 
 class DeltaStoreResource(dg.ConfigurableResource):
     """Root of the Delta tables: a local folder or an object-store URI (``s3://bucket/prefix``)."""
 
     root_uri: str
-    storage_options: dict[str, str] = Field(default_factory=dict)
+    storage_options: dict[str, str] = Field(
+        default_factory=dict, description="delta-rs storage options that are not secret (shown in the UI)"
+    )
+    storage_options_json: str = Field(
+        "{}",
+        description="delta-rs storage options as a JSON object, e.g. credentials: pass "
+        'dg.EnvVar("CPTDATA_DELTA_STORAGE_OPTIONS"), resolved when a run starts; merged over storage_options',
+        json_schema_extra=SECRET,
+    )
 
     def store(self) -> DeltaStore:
-        return DeltaStore(self.root_uri, self.storage_options)
+        try:
+            secret = json.loads(self.storage_options_json or "{}")
+        except json.JSONDecodeError as exc:  # the message holds a position, never the value
+            raise dg.Failure(f"the Delta storage options are not valid JSON ({exc.msg})") from None
+        if not isinstance(secret, dict):
+            raise dg.Failure("the Delta storage options must be a JSON object")
+        return DeltaStore(self.root_uri, {**self.storage_options, **secret})
 
 
 class SparkResource(dg.ConfigurableResource):
     """How Spark runs: ``local[N]``, a cluster master URL, or a Spark Connect URL; GPU amounts for scoring."""
 
     master: str = "local[2]"
-    connect_url: str | None = None
+    # a Spark Connect URL may carry a token (sc://host:15002/;token=...): given as dg.EnvVar("CPTDATA_SPARK_CONNECT")
+    connect_url: str | None = Field(None, json_schema_extra=SECRET)
     app_name: str = "cptdata"
     driver_memory: str = "2g"
     shuffle_partitions: int = 8
@@ -53,8 +84,9 @@ class SparkResource(dg.ConfigurableResource):
 class MlflowResource(dg.ConfigurableResource):
     """Where fits and pilot runs are recorded (a local SQLite store by default) and where its UI is served."""
 
-    tracking_uri: str
-    registry_uri: str | None = None  # default: the tracking store
+    # may hold user:password@ or a token: given as dg.EnvVar("MLFLOW_TRACKING_URI"); redact_uri() it before showing
+    tracking_uri: str = Field(json_schema_extra=SECRET)
+    registry_uri: str | None = Field(None, json_schema_extra=SECRET)  # default: the tracking store
     experiment_prefix: str = "cptdata"  # experiments are "<prefix>/<stage>", e.g. cptdata/pilots
     ui_url: str | None = None  # e.g. http://127.0.0.1:5000 (``make mlflow-ui``); run links point there
     # where new experiments keep their artifacts (plots, fits, models); None: the tracking server's default. Set it
@@ -83,7 +115,7 @@ class MlflowResource(dg.ConfigurableResource):
     def run_link(self, experiment_id: str, run_id: str) -> dg.MetadataValue:
         if self.ui_url:
             return dg.MetadataValue.url(f"{self.ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}")
-        return dg.MetadataValue.text(f"runs:/{run_id} in {self.tracking_uri}")
+        return dg.MetadataValue.text(f"runs:/{run_id} in {redact_uri(self.tracking_uri)}")
 
 
 class SourceConfig(dg.Config):
@@ -98,9 +130,14 @@ class SourceConfig(dg.Config):
     id_field: str | None = "id"
     split: str = "by_group"
     eval_fraction: float = 0.05
+    allow_empty: bool = Field(
+        False,
+        description="a source that yields no document is an error unless this is true (then ingesting it really "
+        "empties its partition)",
+    )
 
     def spec(self) -> SourceSpec:
-        return SourceSpec(**self.model_dump())
+        return SourceSpec(**self.model_dump())  # the same fields and defaults (pinned by tests/assets)
 
 
 class CorpusCatalogResource(dg.ConfigurableResource):

@@ -1,4 +1,20 @@
-"""Stage ``scores``: every chunk's perplexity under the base model, computed by the Spark scoring job."""
+"""Stage ``scores``: every chunk's perplexity under the base model, computed by the Spark scoring job.
+
+Each run first removes the orphaned Parquet files killed runs left in the scores table (older than
+``orphan_min_age_seconds`` and of no live writer; see :mod:`spark_jobs.scoring`), and commits only chunks the table
+does not hold yet, so concurrent runs add no duplicates; the blocking check ``unique_chunk_scores`` proves it on the
+whole table. A run killed after its Delta commit but before Dagster records the materialization leaves its rows in
+the table; the rerun scores nothing and records the materialization.
+
+Test-only hook: ``CPTDATA_TEST_AFTER_SCORES_COMMIT=<file>`` makes the asset write the committed scores version to
+``<file>`` right after the Delta commit and then wait up to 10 minutes before recording anything, so a test can kill
+the run in that window (tests/reliability/test_scoring_kill_rerun.py). Unset in production.
+"""
+
+import json
+import os
+import time
+from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
@@ -15,11 +31,13 @@ from cpt.models.base_model import ModelManifest, load_tokenizer
 from cpt.scoring.coverage import unscored_documents_with_chunks, value_problems
 from cpt.scoring.schema import SCORES_SCHEMA
 from cpt.scoring.windows import WindowPolicy
-from spark_jobs.scoring import SCORES_TABLE, ScoringJobSpec, run_scoring_job
+from spark_jobs.scoring import SCORE_KEY, SCORES_TABLE, ScoringJobResult, ScoringJobSpec, run_scoring_job
 
 CHUNK_PERPLEXITY = dg.AssetKey(["scores", "chunk_perplexity"])
 CHECK_COVERAGE = "every_train_chunk_scored"
 CHECK_VALUES = "finite_and_ppl_at_least_1"
+CHECK_UNIQUE = "unique_chunk_scores"
+TEST_AFTER_COMMIT_ENV = "CPTDATA_TEST_AFTER_SCORES_COMMIT"
 
 
 class ScoringConfig(dg.Config):
@@ -33,6 +51,12 @@ class ScoringConfig(dg.Config):
     )
     num_partitions: int | None = Field(None, description="Spark partitions; default: 8 × the session's parallelism")
     ship_model: bool = Field(False, description="send the model folder to executors with SparkContext.addFile")
+    orphan_min_age_seconds: float = Field(
+        3600.0,
+        ge=0,
+        description="orphaned Parquet files of killed runs are removed once older than this (and of no live "
+        "writer); 0 removes them all",
+    )
 
     def policy(self) -> WindowPolicy:
         return WindowPolicy(length=self.window_length, min_tokens=self.min_tokens, add_bos=self.add_bos)
@@ -57,6 +81,12 @@ class ScoringConfig(dg.Config):
         ),
         dg.AssetCheckSpec(
             CHECK_VALUES, asset=CHUNK_PERPLEXITY, blocking=True, description="sum_nll and PPL are finite and PPL ≥ 1."
+        ),
+        dg.AssetCheckSpec(
+            CHECK_UNIQUE,
+            asset=CHUNK_PERPLEXITY,
+            blocking=True,
+            description="No (chunk_id, model_revision, policy_hash) appears twice in the whole table.",
         ),
     ],
     description="One row per chunk (a window of at most L tokens of one document): summed NLL and perplexity under "
@@ -88,7 +118,10 @@ def chunk_perplexity(
         num_partitions=config.num_partitions,
         ship_model=config.ship_model,
         code_version=f"cptdata {package_version()} / chunk-perplexity-v1",
-        config_hash=config_hash({"scoring": config.model_dump(), "model": manifest.revision}),
+        config_hash=config_hash(
+            {"scoring": config.model_dump(exclude={"orphan_min_age_seconds"}), "model": manifest.revision}
+        ),
+        orphan_min_age_s=config.orphan_min_age_seconds,
     )
     context.log.info(
         f"scoring sources {list(sources)} at corpus/documents v{documents_version} with "
@@ -99,10 +132,11 @@ def chunk_perplexity(
         f"scored {result.chunks_scored} chunks, {result.tokens_scored} tokens in {result.seconds:.1f} s "
         f"({result.tokens_per_second:.0f} tokens/s); {result.documents_to_score} documents needed it"
     )
+    _test_hook_after_commit(result)
 
     version = store.version(SCORES_TABLE)
     scores = _scores_of(store, version, sources, manifest.revision, policy)
-    checks = _checks(store, documents_version, sources, scores, manifest, policy)
+    checks = [*_checks(store, documents_version, sources, scores, manifest, policy), _unique_check(store, version)]
     return dg.MaterializeResult(
         metadata=delta_metadata(store.table_uri(SCORES_TABLE), version, SCORES_SCHEMA, scores.num_rows)
         | {
@@ -113,13 +147,51 @@ def chunk_perplexity(
             "tokens_scored_now": result.tokens_scored,
             "seconds": round(result.seconds, 2),
             "tokens_per_second": round(result.tokens_per_second, 1),
+            "duplicate_chunks_dropped": result.duplicates_dropped,
+            "orphan_files_removed": result.orphan_files_removed,
+            "orphan_bytes_removed": result.orphan_bytes_removed,
+            "orphan_files_kept": result.orphan_files_kept,
+            "orphan_min_age_seconds": config.orphan_min_age_seconds,
             "model_source": manifest.source,
             "model_revision": manifest.revision,
             "window_policy": dg.MetadataValue.json({**vars(policy), "policy_hash": policy.policy_hash}),
             "chunks_by_split": dg.MetadataValue.json(_count_by(scores, "split")),
             "median_ppl": float(pc.approximate_median(scores["ppl"]).as_py() or 0.0) if scores.num_rows else None,
-        },
+        }
+        | ({"orphan_cleanup_error": result.orphan_cleanup_error} if result.orphan_cleanup_error else {}),
         check_results=checks,
+    )
+
+
+def _test_hook_after_commit(result: ScoringJobResult) -> None:
+    """Test-only (see the module docstring): mark the committed version, then wait to be killed."""
+    marker = os.environ.get(TEST_AFTER_COMMIT_ENV)
+    if not marker:
+        return
+    tmp = Path(f"{marker}.tmp")
+    tmp.write_text(json.dumps({"scores_version": result.scores_version, "pid": os.getpid()}))
+    tmp.replace(marker)  # whole or absent, for the test that waits for it
+    time.sleep(600)
+
+
+def _unique_check(store, version) -> dg.AssetCheckResult:
+    """Every (chunk_id, model_revision, policy_hash) at most once in the whole table at ``version``."""
+    if version is None:
+        return dg.AssetCheckResult(check_name=CHECK_UNIQUE, passed=True, metadata={"rows": 0})
+    keys = store.read(SCORES_TABLE, version, columns=list(SCORE_KEY))
+    keys = keys.cast(pa.schema([pa.field(c, pa.large_string()) for c in SCORE_KEY]))
+    counts = keys.group_by(list(SCORE_KEY)).aggregate([([], "count_all")])
+    repeated = counts.filter(pc.greater(counts["count_all"], 1))
+    return dg.AssetCheckResult(
+        check_name=CHECK_UNIQUE,
+        passed=repeated.num_rows == 0,
+        metadata={
+            "rows": keys.num_rows,
+            "duplicated_keys": repeated.num_rows,
+            "extra_rows": keys.num_rows - counts.num_rows,
+            "examples": dg.MetadataValue.json(repeated.slice(0, 10).to_pylist()),
+            "scores_version": version,
+        },
     )
 
 

@@ -6,29 +6,61 @@ folder or an object-store URI. Every write is one Delta commit that carries the 
 concurrent writer cannot make us report its version as ours).
 
 Files written by someone else (Spark tasks) enter a table through :meth:`DeltaStore.commit_files`, as one transaction,
-idempotent when retried. Tables stay on basic Delta features (no deletion vectors, no column mapping), so the add
-actions of a snapshot are the whole truth about which Parquet files hold its rows.
+idempotent when retried, or through :meth:`DeltaStore.commit_unique_files`, which drops rows whose key the table
+already holds (checked against the very version the commit lands on: optimistic concurrency with retry). Tables stay
+on basic Delta features (no deletion vectors, no column mapping), so the add actions of a snapshot are the whole truth
+about which Parquet files hold its rows.
+
+Files outside the log. A writer that dies between writing its files and committing them leaves *orphans*: data files
+under the table folder that no Delta version references. :meth:`DeltaStore.remove_orphans` deletes them, under one
+rule: a file is removed only when (1) no add or remove action of any commit still in ``_delta_log`` (nor the current
+snapshot) names it, (2) it was last modified more than ``older_than_s`` ago (default 1 hour), and (3) it does not
+belong to a write that still holds a live lease. A writer takes a lease (:meth:`DeltaStore.write_lease`) before its
+first file and drops it after its commit: ``<table>/_cptdata_writes/<write_id>.json``, renewed every 30 s, covering
+the files named ``part-<write_id>-…``. A lease is dead when it was not renewed for 10 minutes, or when its process
+(same host, same PID namespace) no longer runs. So a concurrent job's not-yet-committed files are kept however long
+it runs. ``older_than_s = 0`` is for tests, and for writers that take no lease (``write_deltalake`` itself) only the
+age protects their in-flight files. delta-rs's own ``DeltaTable.vacuum(full=True)`` (deltalake 1.6) does delete
+untracked files older than ``retention_hours``, but in whole hours, it applies the same age to tombstoned files that
+older versions still read (unless every version is listed in ``keep_versions``), knows nothing of writers in flight
+and commits two VACUUM versions; hence this helper (see tests/reliability/test_scoring_orphans.py).
+
+Object stores: leases, listings, rewrites and deletes go through ``pyarrow.fs.FileSystem.from_uri`` of the table, as
+the Spark tasks' own writes do, so credentials come from the environment there.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import socket
+import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from deltalake.transaction import AddAction, create_table_with_add_actions
 
 COMMIT_ID_KEY = "cptdata.commit_id"
 COMMIT_ATTEMPTS = 6
+UNIQUE_GUARD_PREFIX = "cptdata.unique:"  # application transaction every commit_unique_files commit carries
+LEASE_DIR = "_cptdata_writes"  # leases of writes in flight (hidden from Delta readers and vacuum: leading "_")
+LEASE_HEARTBEAT_S = 30.0
+LEASE_TIMEOUT_S = 600.0  # a lease not renewed for this long belongs to a dead (or hopelessly stuck) writer
+DEFAULT_ORPHAN_AGE_S = 3600.0
 
 
 class DeltaStoreError(RuntimeError):
@@ -79,6 +111,47 @@ class Snapshot:
     schema_json: str  # the Delta schema, which is also Spark's StructType JSON
     partition_columns: tuple[str, ...]
     file_uris: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TableFile:
+    """A file under a table's folder, as storage lists it."""
+
+    path: str  # relative to the table root, '/'-separated, as named on storage
+    size: int
+    modified: datetime
+
+
+@dataclass(frozen=True)
+class OrphanScan:
+    """Data files no Delta version references, sorted by what :meth:`DeltaStore.remove_orphans` does with them."""
+
+    removable: tuple[TableFile, ...]
+    young: tuple[TableFile, ...]  # kept: modified less than ``older_than_s`` ago
+    in_flight: tuple[TableFile, ...]  # kept: their write still holds a live lease
+    stale_leases: tuple[str, ...]  # lease files of dead writers
+
+
+@dataclass(frozen=True)
+class OrphanCleanup:
+    removed: tuple[TableFile, ...]
+    kept_young: int
+    kept_in_flight: int
+
+    @property
+    def bytes_removed(self) -> int:
+        return sum(f.size for f in self.removed)
+
+
+@dataclass(frozen=True)
+class UniqueCommit:
+    """What :meth:`DeltaStore.commit_unique_files` did."""
+
+    version: int | None  # the version holding the new rows; when nothing was left to add, the latest version
+    committed: bool  # False: every row was already in the table (or this application transaction had landed)
+    rows: int  # rows added
+    duplicates_dropped: int  # rows not added because the table already held their key
+    attempts: int  # commit attempts (> 1: a concurrent writer committed first and the rows were re-checked)
 
 
 def sql_literal(value: str | int | float) -> str:
@@ -313,7 +386,322 @@ class DeltaStore:
             )
         return self._version_of(key, commit_id)
 
+    def commit_unique_files(
+        self,
+        key: str | Sequence[str],
+        files: Sequence[DataFile],
+        *,
+        schema: pa.Schema,
+        commit: CommitInfo,
+        unique_on: Sequence[str],
+        partition_by: Sequence[str] = (),
+        checked_version: int | None = None,
+        key_filters: Sequence[tuple[str, str, Any]] | None = None,
+        app_id: str | None = None,
+        app_version: int = 0,
+    ) -> UniqueCommit:
+        """Append Parquet files already written inside the table folder, leaving out rows whose ``unique_on`` key
+        the table already holds; one transaction.
+
+        Optimistic concurrency: the keys are checked against the version the commit is built on (skipped when that
+        is ``checked_version``, a version the caller has already excluded the keys of), and every such commit
+        carries the application transaction ``cptdata.unique:<columns>``. Two writers that checked the same version
+        therefore conflict — delta-rs refuses the second commit instead of rebasing an append — and the loser
+        re-checks against the new version and retries. The guarantee holds among writers that all commit to the
+        table through this method. ``key_filters`` narrow the key read (``[("model_revision", "=", "abc")]``) when
+        every incoming row satisfies them. A file that loses only some rows is rewritten beside itself (same name
+        prefix, so the writer's lease still covers it); superseded files are deleted once the commit has landed.
+        With ``app_id``, a transaction that already landed is a no-op. ``files`` must be new files written for this
+        commit (a file the table already holds is left out, never rewritten or deleted).
+        """
+        if not unique_on:
+            raise ValueError("commit_unique_files needs at least one key column")
+        self.ensure_table(key, schema, partition_by, commit)  # the guarded commit needs a version to build on
+        held = {unquote(p) for p in self.table(key).get_add_actions(flatten=True).column("path").to_pylist()}
+        files, dropped, superseded, attempts = [f for f in files if unquote(f.path) not in held], 0, [], 0
+        guard = UNIQUE_GUARD_PREFIX + ",".join(unique_on)
+        commit_id = uuid.uuid4().hex
+        try:
+            for attempt in range(COMMIT_ATTEMPTS):
+                attempts = attempt + 1
+                dt = self.table(key)
+                landed = dt.transaction_version(app_id) if app_id is not None else None
+                if landed is not None and landed >= app_version:
+                    return UniqueCommit(dt.version(), False, 0, dropped, attempts)
+                if files and (checked_version is None or dt.version() != checked_version):
+                    present = self._present_keys(dt, files, unique_on, partition_by, key_filters)
+                    files, gone, replaced = self._drop_present(key, files, unique_on, present)
+                    dropped, superseded = dropped + gone, superseded + replaced
+                    checked_version = dt.version()
+                if not files:
+                    return UniqueCommit(dt.version(), False, 0, dropped, attempts)
+                guard_version = dt.transaction_version(guard)
+                txns = [Transaction(guard, 0 if guard_version is None else guard_version + 1)]
+                if app_id is not None:
+                    txns.append(Transaction(app_id, app_version))
+                try:
+                    dt.create_write_transaction(
+                        [_add_action(f) for f in files],
+                        mode="append",
+                        schema=_delta_schema(schema),
+                        partition_by=list(partition_by) or None,
+                        commit_properties=CommitProperties(
+                            custom_metadata=commit.custom_metadata(commit_id), app_transactions=txns
+                        ),
+                    )
+                except CommitFailedError:
+                    # Another guarded commit landed after the version we checked: nothing of ours is in the table.
+                    if attempt + 1 == COMMIT_ATTEMPTS:
+                        raise
+                    time.sleep(random.uniform(0.05, 0.2) * 2**attempt)
+                    continue
+                version = self._version_of(key, commit_id)
+                return UniqueCommit(version, True, sum(f.num_records for f in files), dropped, attempts)
+            raise AssertionError("unreachable")  # the loop returns or raises
+        finally:
+            self._delete_quietly(key, [f.path for f in superseded])
+
+    @contextmanager
+    def write_lease(
+        self, key: str | Sequence[str], write_id: str, *, run_id: str = "", heartbeat_s: float = LEASE_HEARTBEAT_S
+    ) -> Iterator[str]:
+        """Hold a lease on the files ``part-<write_id>-…`` while they are written and committed.
+
+        :meth:`remove_orphans` never removes a file of a live lease. Take it before the first file is written and
+        leave the block after the commit. Renewed every ``heartbeat_s`` by a daemon thread; removed on exit (a
+        writer that is killed leaves it behind, and it is dead once its process is gone or it went unrenewed for
+        ``LEASE_TIMEOUT_S``). Yields the lease's path relative to the table root.
+        """
+        if not write_id or "/" in write_id or write_id.startswith("."):
+            raise ValueError(f"invalid write id {write_id!r}")
+        fs, root = self._filesystem(key, create=True)
+        rel = f"{LEASE_DIR}/{write_id}.json"
+        body = json.dumps(
+            {
+                "write_id": write_id,
+                "run_id": run_id,
+                "host": _host_token(),
+                "pid": os.getpid(),
+                "started_at": datetime.now(UTC).isoformat(),
+            }
+        ).encode()
+        fs.create_dir(f"{root}/{LEASE_DIR}", recursive=True)
+
+        def renew() -> None:
+            with fs.open_output_stream(f"{root}/{rel}") as fh:
+                fh.write(body)
+
+        renew()
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(heartbeat_s):
+                with suppress(OSError):  # a missed beat only ages the lease; the next one retries
+                    renew()
+
+        beater = threading.Thread(target=beat, name=f"lease-{write_id}", daemon=True)
+        beater.start()
+        try:
+            yield rel
+        finally:
+            stop.set()
+            beater.join()  # so no late renewal re-creates the lease after it is removed
+            self._delete_quietly(key, [rel])
+
+    def orphan_files(
+        self,
+        key: str | Sequence[str],
+        older_than_s: float = DEFAULT_ORPHAN_AGE_S,
+        *,
+        lease_timeout_s: float = LEASE_TIMEOUT_S,
+        now: datetime | None = None,
+    ) -> OrphanScan:
+        """Data files (``*.parquet`` outside ``_``/``.`` folders) under the table that no Delta version references.
+
+        Storage is listed first, the leases read next and the log last: a write whose lease was gone when it was
+        read had committed before (it drops its lease only after its commit), so the log read afterwards names its
+        files. A table folder without a Delta log (a first write that never committed) references nothing.
+        """
+        if older_than_s < 0 or lease_timeout_s < 0:
+            raise ValueError("older_than_s and lease_timeout_s must be ≥ 0")
+        located = self._filesystem(key, create=False)
+        if located is None:
+            return OrphanScan((), (), (), ())
+        fs, root = located
+        now = now or datetime.now(UTC)
+        listed = [f for f in self._listing(fs, root) if _is_data_file(f.path)]
+        live, stale = self._leases(fs, root, now, lease_timeout_s)
+        referenced = self._referenced_paths(key, fs, root)
+        removable, young, in_flight = [], [], []
+        for f in listed:
+            if f.path in referenced:
+                continue
+            name = f.path.rsplit("/", 1)[-1]
+            if any(name.startswith(f"part-{w}-") for w in live):
+                in_flight.append(f)
+            elif (now - f.modified).total_seconds() < older_than_s:
+                young.append(f)
+            else:
+                removable.append(f)
+        return OrphanScan(tuple(removable), tuple(young), tuple(in_flight), tuple(stale))
+
+    def remove_orphans(
+        self,
+        key: str | Sequence[str],
+        older_than_s: float = DEFAULT_ORPHAN_AGE_S,
+        *,
+        lease_timeout_s: float = LEASE_TIMEOUT_S,
+    ) -> OrphanCleanup:
+        """Delete the table's orphaned data files (see :meth:`orphan_files` for which) and dead writers' leases."""
+        scan = self.orphan_files(key, older_than_s, lease_timeout_s=lease_timeout_s)
+        deleted = set(self._delete_quietly(key, [f.path for f in scan.removable]))
+        self._delete_quietly(key, list(scan.stale_leases))
+        return OrphanCleanup(
+            tuple(f for f in scan.removable if f.path in deleted), len(scan.young), len(scan.in_flight)
+        )
+
     # ---- internals --------------------------------------------------------------------------------------------
+    def _filesystem(self, key: str | Sequence[str], *, create: bool) -> tuple[pafs.FileSystem, str] | None:
+        uri = self.table_uri(key)
+        if "://" not in uri and not Path(uri).is_dir():
+            if not create:
+                return None
+            Path(uri).mkdir(parents=True, exist_ok=True)
+        fs, root = pafs.FileSystem.from_uri(uri)
+        return fs, root.rstrip("/")
+
+    def _listing(self, fs: pafs.FileSystem, root: str, sub: str = "") -> list[TableFile]:
+        base = f"{root}/{sub}" if sub else root
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        return [
+            TableFile(
+                path=i.path[len(root) + 1 :],
+                size=int(i.size or 0),
+                modified=i.mtime if i.mtime is not None else datetime.now(UTC),
+            )
+            for i in infos
+            if i.type == pafs.FileType.File
+        ]
+
+    def _leases(self, fs: pafs.FileSystem, root: str, now: datetime, timeout_s: float) -> tuple[set[str], list[str]]:
+        live, stale = set(), []
+        for lease in self._listing(fs, root, LEASE_DIR):
+            name = lease.path.rsplit("/", 1)[-1]
+            if not name.endswith(".json"):
+                continue
+            try:
+                with fs.open_input_stream(f"{root}/{lease.path}") as fh:
+                    info = json.loads(fh.read())
+            except FileNotFoundError:
+                continue  # dropped while we looked: its write has committed (or given up)
+            except (OSError, ValueError):
+                info = {}  # being rewritten: judge it by its age alone
+            if _lease_alive(info, lease.modified, now, timeout_s):
+                live.add(name.removesuffix(".json"))
+            else:
+                stale.append(lease.path)
+        return live, stale
+
+    def _referenced_paths(self, key: str | Sequence[str], fs: pafs.FileSystem, root: str) -> set[str]:
+        """Every data file named by an add or remove action of a commit still in the log, or by the snapshot."""
+        uri = self.table_uri(key)
+        paths: set[str] = set()
+        for entry in self._listing(fs, root, "_delta_log"):
+            name = entry.path.rsplit("/", 1)[-1]
+            if entry.path.count("/") != 1 or not (name.endswith(".json") or name.endswith(".json.tmp")):
+                continue
+            try:
+                with fs.open_input_stream(f"{root}/{entry.path}") as fh:
+                    lines = fh.read().decode().splitlines()
+            except FileNotFoundError:
+                continue  # a temporary commit file renamed while we listed: its final name is read below
+            for line in lines:
+                try:
+                    action = json.loads(line) if line.strip() else {}
+                except ValueError:
+                    continue  # a torn line of a commit being written: its files are leased or young
+                for kind in ("add", "remove"):
+                    if isinstance(action.get(kind), dict) and action[kind].get("path"):
+                        rel = _relative_to(action[kind]["path"], uri, encoded=True)
+                        if rel is not None:
+                            paths.add(rel)
+        if self.exists(key):
+            dt = self.table(key)  # the checkpointed state, whose commits may have left the log
+            paths |= {r for u in dt.file_uris() if (r := _relative_to(u, uri, encoded=False)) is not None}
+        return paths
+
+    def _present_keys(
+        self,
+        dt: DeltaTable,
+        files: Sequence[DataFile],
+        unique_on: Sequence[str],
+        partition_by: Sequence[str],
+        key_filters: Sequence[tuple[str, str, Any]] | None,
+    ) -> pa.Table:
+        filters = list(key_filters or [])
+        for col in partition_by:
+            values = {f.partition_values.get(col) for f in files}
+            if files and None not in values:
+                filters.append((col, "in", sorted(values)))
+        keys = dt.to_pyarrow_table(columns=list(unique_on), filters=filters or None)
+        return _plain_strings(keys).group_by(list(unique_on)).aggregate([])
+
+    def _drop_present(
+        self, key: str | Sequence[str], files: Sequence[DataFile], unique_on: Sequence[str], present: pa.Table
+    ) -> tuple[list[DataFile], int, list[DataFile]]:
+        """(files without the rows whose key is in ``present``, rows dropped, files superseded)."""
+        if present.num_rows == 0 or not files:
+            return list(files), 0, []
+        fs, root = self._filesystem(key, create=True)
+        kept, dropped, superseded = [], 0, []
+        for f in files:
+            stored = [c for c in unique_on if c not in f.partition_values]
+            keys = _plain_strings(pq.read_table(f"{root}/{f.path}", filesystem=fs, columns=stored))
+            for col in unique_on:
+                if col in f.partition_values:
+                    value = f.partition_values[col]
+                    keys = keys.append_column(col, pa.array([value] * keys.num_rows, present.schema.field(col).type))
+            keys = keys.append_column("__row", pa.array(range(keys.num_rows), pa.int64()))
+            hits = keys.select([*unique_on, "__row"]).join(present, keys=list(unique_on), join_type="left semi")
+            if hits.num_rows == 0:
+                kept.append(f)
+                continue
+            dropped += hits.num_rows
+            superseded.append(f)
+            if hits.num_rows == keys.num_rows:
+                continue
+            mask = pa.array(np.isin(np.arange(keys.num_rows), hits["__row"].to_numpy(), invert=True))
+            rows = pq.read_table(f"{root}/{f.path}", filesystem=fs).filter(mask)
+            stem = f.path.removesuffix(".parquet").removesuffix(".snappy")
+            path = f"{stem}-k{uuid.uuid4().hex[:8]}.snappy.parquet"
+            pq.write_table(rows, f"{root}/{path}", filesystem=fs, compression="snappy")
+            info = fs.get_file_info(f"{root}/{path}")
+            kept.append(
+                DataFile(
+                    path=path,
+                    size=int(info.size),
+                    num_records=rows.num_rows,
+                    partition_values=dict(f.partition_values),
+                    modification_time_ms=int(info.mtime.timestamp() * 1000) if info.mtime else int(time.time() * 1e3),
+                )
+            )
+        return kept, dropped, superseded
+
+    def _delete_quietly(self, key: str | Sequence[str], paths: Sequence[str]) -> list[str]:
+        """Delete files (relative to the table root); returns those deleted. Missing ones are someone else's win."""
+        located = self._filesystem(key, create=False) if paths else None
+        if located is None:
+            return []
+        fs, root = located
+        deleted = []
+        for rel in paths:
+            try:
+                fs.delete_file(f"{root}/{rel}")
+                deleted.append(rel)
+            except FileNotFoundError:
+                continue
+        return deleted
+
     def _write(
         self,
         key: str | Sequence[str],
@@ -360,6 +748,65 @@ class DeltaStore:
                     return int(entry["version"])
             break
         raise DeltaStoreError(f"commit {commit_id} not found in the last {search_depth} versions of {key}")
+
+
+def _is_data_file(rel: str) -> bool:
+    parts = rel.split("/")
+    return rel.endswith(".parquet") and not any(p.startswith(("_", ".")) for p in parts)
+
+
+def _relative_to(path: str, table_uri: str, *, encoded: bool) -> str | None:
+    """A log path (URL-encoded when relative) or a file URI as the path relative to the table root on storage."""
+    if "://" not in path and not path.startswith("/"):
+        return unquote(path) if encoded else path
+    plain = unquote(path) if encoded else path
+    for prefix in (table_uri.rstrip("/") + "/", "file://" + table_uri.rstrip("/") + "/"):
+        if plain.startswith(prefix):
+            return plain[len(prefix) :]
+    return None  # a file outside the table folder (a shallow clone's): not ours to judge
+
+
+def _plain_strings(table: pa.Table) -> pa.Table:
+    """String-like columns as ``large_string``, so keys read by delta-rs and by pyarrow compare and join."""
+    fields = [
+        pa.field(f.name, pa.large_string())
+        if pa.types.is_string(f.type) or pa.types.is_large_string(f.type) or pa.types.is_string_view(f.type)
+        else f
+        for f in table.schema
+    ]
+    return table.cast(pa.schema(fields))
+
+
+def _host_token() -> str:
+    """This machine and PID namespace: where a lease's PID can be checked."""
+    parts = [socket.gethostname()]
+    for probe in ("/proc/sys/kernel/random/boot_id", "/proc/self/ns/pid"):
+        try:
+            parts.append(os.readlink(probe) if probe.endswith("/pid") else Path(probe).read_text().strip())
+        except OSError:
+            parts.append("?")
+    return "|".join(parts)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed process its parent has not reaped yet is a zombie: it writes nothing any more
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _lease_alive(info: Mapping[str, Any], renewed: datetime, now: datetime, timeout_s: float) -> bool:
+    if (now - renewed).total_seconds() > timeout_s:
+        return False
+    if info.get("host") == _host_token() and isinstance(info.get("pid"), int):
+        return _pid_alive(info["pid"])
+    return True  # another machine's writer, renewed recently enough
 
 
 def _require_unique(data: pa.Table, on: Sequence[str]) -> None:

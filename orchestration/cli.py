@@ -7,19 +7,39 @@ cptdata score [SOURCE ...]   score some (default: all) sources in one run
 cptdata landscape            histograms and regimes of the current scores
 cptdata pilots [regime|mixture]  every pilot partition, one run each (default: both kinds)
 cptdata laws                 fit both scaling laws on the pilot tables (MLflow runs, registered models)
+
+Exit codes (for schedulers and scripts):
+  0    every run succeeded and every blocking quality gate passed
+  1    a run failed (its error is printed), or an unexpected error
+  2    usage or configuration error: bad arguments, a bad CPTDATA_* setting or sources file, an unknown source;
+       nothing ran
+  3    a blocking quality gate failed and no run failed otherwise: nothing downstream was built from the checked
+       result (a corpus/documents candidate is not even committed: the table stays at its last good version; a
+       law whose gate fails is recorded but the champion alias does not move)
+  130  interrupted (Ctrl-C, SIGTERM): the interrupted run is marked failed
+A failed run takes precedence over a failed gate. Errors are one line on stderr; -v/--verbose adds the traceback.
+
+Every run started here records its process (tags cptdata/pid, cptdata/host): a run left STARTED by a process that
+is gone (killed) is marked failed by the next cptdata command on that host.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
+import socket
 import sys
+import traceback
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
 
 from assets.partitions import corpus_sources
-from orchestration.definitions import build_definitions
 from orchestration.jobs import (
     base_model_job,
     fit_laws_job,
@@ -29,7 +49,19 @@ from orchestration.jobs import (
     regime_pilots_job,
     score_corpus_job,
 )
-from orchestration.profiles import load_profile
+from orchestration.profiles import Profile, load_profile
+from orchestration.settings import ConfigError, redact
+
+EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, EXIT_GATE_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+# Run tags that tie a run to the CLI process executing it in-process (the daemon does not monitor those runs).
+PID_TAG, HOST_TAG, PROCESS_START_TAG = "cptdata/pid", "cptdata/host", "cptdata/process_start"
+ACTIVE_STATUSES = [
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
 
 # Dagster's run tags for a partition range (what a single-run backfill launches).
 ASSET_PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
@@ -52,16 +84,120 @@ telemetry:
 """
 
 
-def _instance() -> dg.DagsterInstance:
+class UsageError(Exception):
+    """A bad command line (e.g. an unknown source): one line, exit code 2, nothing ran."""
+
+
+def _instance(profile: Profile) -> dg.DagsterInstance:
     """The instance under $DAGSTER_HOME, defaulting to ``<CPTDATA_HOME>/dagster`` so the UI sees the same runs."""
     if not os.environ.get("DAGSTER_HOME"):
-        os.environ["DAGSTER_HOME"] = str(load_profile(os.environ).home / "dagster")
+        os.environ["DAGSTER_HOME"] = str(profile.home / "dagster")
     home = Path(os.environ["DAGSTER_HOME"])
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists() or not config.read_text().strip():
         config.write_text(QUICKSTART_INSTANCE)
     return dg.DagsterInstance.get()
+
+
+def _process_start(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), or None when that cannot be known."""
+    try:
+        import psutil
+
+        return psutil.Process(pid).create_time()
+    except Exception:
+        return None
+
+
+def _process_tags() -> dict[str, str]:
+    started = _process_start(os.getpid())
+    tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+    return tags | ({PROCESS_START_TAG: f"{started:.2f}"} if started is not None else {})
+
+
+def _alive(pid: int, started: float | None) -> bool:
+    """Whether process ``pid`` still runs and is the one that started the run (not a later one given its pid)."""
+    try:
+        import psutil
+    except ImportError:  # pragma: no cover - psutil comes with accelerate
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return started is None or abs(process.create_time() - started) < 1.0
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True
+
+
+def mark_dead_cli_runs(instance: dg.DagsterInstance, *, this_process: bool = False) -> list[dg.DagsterRun]:
+    """Mark failed the runs a ``cptdata`` process on this host started in-process and can no longer finish.
+
+    Those runs are not monitored by the daemon, so a killed CLI leaves them STARTED forever. By default: runs whose
+    process is gone. With ``this_process``: the runs of this process still active (it was interrupted).
+    """
+    host, me = socket.gethostname(), os.getpid()
+    marked = []
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=ACTIVE_STATUSES, tags={HOST_TAG: host})):
+        try:
+            pid = int(run.tags[PID_TAG])
+            started = float(run.tags[PROCESS_START_TAG]) if PROCESS_START_TAG in run.tags else None
+        except (KeyError, ValueError):
+            continue
+        if this_process:
+            if pid != me:
+                continue
+            message = f"cptdata process {pid} on {host} was interrupted during this run"
+        else:
+            if _alive(pid, started):
+                continue
+            message = (
+                f"cptdata process {pid} on {host}, which executed this run in-process, is gone (killed?): "
+                "the run cannot finish and is marked failed"
+            )
+        instance.report_run_failed(run, message=message)
+        marked.append(run)
+        _err(f"run {run.run_id} ({run.job_name}) was left {run.status.value}: {message}", level="warning")
+    return marked
+
+
+def _err(message: str, level: str = "error") -> None:
+    print(f"cptdata: {level}: {redact(message, os.environ)}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Outcome:
+    """What one invocation's runs came to; its exit code."""
+
+    failed_runs: list[str] = field(default_factory=list)
+    gates_failed: list[str] = field(default_factory=list)  # blocking quality checks that failed
+
+    def code(self) -> int:
+        if self.failed_runs:
+            return EXIT_RUN_FAILED
+        return EXIT_GATE_FAILED if self.gates_failed else EXIT_OK
+
+
+OUTCOME = Outcome()  # this invocation's (reset by main)
+
+
+def _execute(job: dg.JobDefinition, instance: dg.DagsterInstance, **kwargs) -> dg.ExecuteInProcessResult:
+    """Execute in this process, tagged with it; a run the process is interrupted in is marked failed."""
+    tags = {**kwargs.pop("tags", {}), **_process_tags()}
+    result = job.execute_in_process(instance=instance, tags=tags, raise_on_error=False, **kwargs)
+    run = instance.get_run_by_id(result.run_id)
+    if run is not None and run.tags.get("dagster/failure_reason") == "UNEXPECTED_TERMINATION":
+        raise KeyboardInterrupt(f"run {result.run_id} was interrupted")  # Dagster marked it failed
+    return result
 
 
 def register(defs: dg.Definitions, instance: dg.DagsterInstance) -> list[str]:
@@ -72,10 +208,8 @@ def register(defs: dg.Definitions, instance: dg.DagsterInstance) -> list[str]:
     return names
 
 
-GATES_FAILED: list[str] = []  # blocking quality checks that failed in this invocation
-
-
 def _report(result) -> bool:
+    """Print what a run did; record a failed run or gate in OUTCOME. False when the run failed (stop the chain)."""
     shown = set()
     for event in result.get_asset_materialization_events():
         mat = event.event_specific_data.materialization
@@ -114,14 +248,21 @@ def _report(result) -> bool:
         print(f"[cptdata]   check FAILED: {check.asset_key.to_user_string()}:{check.check_name} {meta}", flush=True)
     if result.success:
         return True
-    errors = [e.event_specific_data.error for e in result.all_events if e.is_step_failure]
+    failures = [e for e in result.all_events if e.is_step_failure]
+    errors = [e.event_specific_data.error for e in failures]
     if failed_checks and all(err.cls_name == "DagsterAssetCheckFailedError" for err in errors):
         # The stage ran and recorded its result; its quality gate says the result is not good enough, which blocks
-        # what depends on it. That is a finding to report, not a failure of the pipeline.
-        GATES_FAILED.extend(f"{c.asset_key.to_user_string()}:{c.check_name}" for c in failed_checks)
+        # what depends on it. The chain goes on (other partitions, last good versions); the exit code says so.
+        OUTCOME.gates_failed.extend(f"{c.asset_key.to_user_string()}:{c.check_name}" for c in failed_checks)
         print(f"[cptdata]   run {result.run_id}: a blocking quality gate failed; downstream stays blocked", flush=True)
         return True
-    print(f"[cptdata]   run {result.run_id} FAILED", flush=True)
+    OUTCOME.failed_runs.append(result.run_id)
+    reasons = "; ".join(
+        f"{e.step_key}: {(err.message or err.cls_name).strip().splitlines()[0]}"
+        for e, err in zip(failures, errors, strict=True)
+    )
+    reasons = redact(reasons, os.environ)  # an error message may quote a URI with its password
+    print(f"[cptdata]   run {result.run_id} FAILED{': ' + reasons if reasons else ''}", flush=True)
     return False
 
 
@@ -130,32 +271,31 @@ def ingest(defs: dg.Definitions, instance: dg.DagsterInstance, names: list[str])
     ok = True
     for name in names:
         print(f"[cptdata] ingest {name} ...", flush=True)
-        ok = _report(job.execute_in_process(partition_key=name, instance=instance, raise_on_error=False)) and ok
+        ok = _report(_execute(job, instance, partition_key=name)) and ok
     return ok
 
 
 def base_model(defs: dg.Definitions, instance: dg.DagsterInstance) -> bool:
     print("[cptdata] base model ...", flush=True)
-    job = defs.resolve_job_def(base_model_job.name)
-    return _report(job.execute_in_process(instance=instance, raise_on_error=False))
+    return _report(_execute(defs.resolve_job_def(base_model_job.name), instance))
 
 
 def score(defs: dg.Definitions, instance: dg.DagsterInstance, names: list[str]) -> bool:
     """Score a set of sources as one run: a partition range of the registered order (a single-run backfill)."""
     registered = instance.get_dynamic_partitions(corpus_sources.name)
+    _check_known(names, registered)
     positions = sorted(registered.index(n) for n in names)
     if positions[-1] - positions[0] + 1 != len(positions):
         return all(score(defs, instance, [n]) for n in names)  # not contiguous: one run each
     first, last = registered[positions[0]], registered[positions[-1]]
     print(f"[cptdata] score {first} .. {last} ...", flush=True)
     tags = {ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last}
-    job = defs.resolve_job_def(score_corpus_job.name)
-    return _report(job.execute_in_process(instance=instance, tags=tags, raise_on_error=False))
+    return _report(_execute(defs.resolve_job_def(score_corpus_job.name), instance, tags=tags))
 
 
 def landscape(defs: dg.Definitions, instance: dg.DagsterInstance) -> bool:
     print("[cptdata] landscape ...", flush=True)
-    return _report(defs.resolve_job_def(landscape_job.name).execute_in_process(instance=instance, raise_on_error=False))
+    return _report(_execute(defs.resolve_job_def(landscape_job.name), instance))
 
 
 def pilots(defs: dg.Definitions, instance: dg.DagsterInstance, kinds: list[str]) -> bool:
@@ -167,17 +307,27 @@ def pilots(defs: dg.Definitions, instance: dg.DagsterInstance, kinds: list[str])
         keys = job.partitions_def.get_partition_keys(dynamic_partitions_store=instance)
         for i, key in enumerate(keys, 1):
             print(f"[cptdata] {kind} pilot {i}/{len(keys)}: {key} ...", flush=True)
-            ok = _report(job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False)) and ok
+            ok = _report(_execute(job, instance, partition_key=key)) and ok
     return ok
 
 
 def laws(defs: dg.Definitions, instance: dg.DagsterInstance) -> bool:
     print("[cptdata] fit laws ...", flush=True)
-    return _report(defs.resolve_job_def(fit_laws_job.name).execute_in_process(instance=instance, raise_on_error=False))
+    return _report(_execute(defs.resolve_job_def(fit_laws_job.name), instance))
 
 
-def main(argv: list[str] | None = None) -> int:
+def _check_known(names: list[str], known: list[str]) -> None:
+    unknown = [n for n in dict.fromkeys(names) if n not in known]
+    if unknown:
+        listed = ", ".join(known) or "none"
+        raise UsageError(
+            f"unknown source{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; registered: {listed}"
+        )
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cptdata", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="print the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="register sources and materialize the whole graph")
     sub.add_parser("register", help="register sources as partitions")
@@ -189,33 +339,100 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("laws", help="fit both scaling laws on the pilot tables")
     p_pilots = sub.add_parser("pilots", help="run every pilot partition")
     p_pilots.add_argument("kinds", nargs="*", metavar="regime|mixture", help="default: both")
-    args = parser.parse_args(argv)
-    GATES_FAILED.clear()
-    if args.command == "pilots" and not set(args.kinds) <= {"regime", "mixture"}:
-        parser.error(f"pilot kinds are regime and mixture, not {args.kinds}")
+    return parser
 
-    defs = build_definitions(os.environ)
-    instance = _instance()
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM interrupts like Ctrl-C (so the run is marked failed), where SIGTERM has its default action."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = None
+    with suppress(ValueError):  # not the main thread: leave signals alone
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command in ``argv``; return the exit code (see the module docstring)."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command == "pilots" and not set(args.kinds) <= {"regime", "mixture"}:
+            parser.error(f"pilot kinds are regime and mixture, not {' '.join(args.kinds)}")
+    except SystemExit as exc:  # argparse has printed its usage line
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    OUTCOME.failed_runs.clear()
+    OUTCOME.gates_failed.clear()
+    try:
+        with _sigterm_interrupts():
+            profile = load_profile(os.environ)  # every setting validated before any work
+            for warning in profile.warnings:
+                _err(warning, level="warning")
+            with _instance(profile) as instance:  # also the current instance of the definitions loaded here
+                return _run_marking_interrupted(args, profile, instance)
+    except (ConfigError, UsageError) as exc:
+        _err(str(exc))
+        if args.verbose:
+            traceback.print_exc()
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        _err(f"{type(exc).__name__}: {first}" + ("" if args.verbose else " (-v for the traceback)"))
+        if args.verbose:
+            traceback.print_exc()
+        return EXIT_RUN_FAILED
+
+
+def _run_marking_interrupted(args: argparse.Namespace, profile: Profile, instance: dg.DagsterInstance) -> int:
+    try:
+        mark_dead_cli_runs(instance)
+        return _run(args, profile, instance)
+    except KeyboardInterrupt:
+        mark_dead_cli_runs(instance, this_process=True)  # a run Dagster did not see interrupted
+        _err("interrupted; the run in progress is marked failed")
+        return EXIT_INTERRUPTED
+
+
+def _run(args: argparse.Namespace, profile: Profile, instance: dg.DagsterInstance) -> int:
+    with warnings.catch_warnings():
+        if not args.verbose:  # notes about Dagster APIs the code location uses: not for a CLI user's stderr
+            for category in (dg.BetaWarning, dg.PreviewWarning, dg.SupersessionWarning):
+                warnings.simplefilter("ignore", category)
+        from orchestration.definitions import build_definitions
+
+        defs = build_definitions(os.environ, profile)
     names = register(defs, instance)
     print(
-        f"[cptdata] profile {load_profile(os.environ).name}; DAGSTER_HOME={os.environ['DAGSTER_HOME']}; "
-        f"sources: {', '.join(names)}",
+        f"[cptdata] profile {profile.name}; DAGSTER_HOME={os.environ['DAGSTER_HOME']}; sources: {', '.join(names)}",
         flush=True,
     )
     if args.command == "register":
-        return 0
+        return EXIT_OK
+    if args.command in ("ingest", "score"):
+        _check_known(args.sources, names)
     if args.command == "ingest":
-        ok = ingest(defs, instance, args.sources)
+        ingest(defs, instance, list(dict.fromkeys(args.sources)))
     elif args.command == "score":
-        ok = score(defs, instance, args.sources or names)
+        score(defs, instance, list(dict.fromkeys(args.sources)) or names)
     elif args.command == "landscape":
-        ok = landscape(defs, instance)
+        landscape(defs, instance)
     elif args.command == "laws":
-        ok = laws(defs, instance)
+        laws(defs, instance)
     elif args.command == "pilots":
-        ok = pilots(defs, instance, args.kinds or ["regime", "mixture"])
+        pilots(defs, instance, args.kinds or ["regime", "mixture"])
     else:
-        ok = (
+        (
             ingest(defs, instance, names)
             and base_model(defs, instance)
             and score(defs, instance, names)
@@ -223,9 +440,11 @@ def main(argv: list[str] | None = None) -> int:
             and pilots(defs, instance, ["regime", "mixture"])
             and laws(defs, instance)
         )
-    gates = f"; quality gates that failed (see their metadata): {', '.join(GATES_FAILED)}" if GATES_FAILED else ""
-    print(f"[cptdata] {'done' if ok else 'finished with failures'}{gates}", flush=True)
-    return 0 if ok else 1
+    gates = OUTCOME.gates_failed
+    shown = f"; quality gates that failed (see their metadata): {', '.join(gates)}" if gates else ""
+    code = OUTCOME.code()
+    print(f"[cptdata] {'done' if code == EXIT_OK else 'finished with failures'}{shown} (exit code {code})", flush=True)
+    return code
 
 
 if __name__ == "__main__":

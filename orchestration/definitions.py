@@ -9,13 +9,15 @@ import dagster as dg
 
 from assets import corpus, landscape, laws, models, pilots, scores
 from orchestration.jobs import ALL_JOBS
-from orchestration.profiles import load_profile
+from orchestration.profiles import Profile, load_profile
 from orchestration.schedules import daily_corpus_build
 from orchestration.sensors import corpus_landing_sensor
 
 
-def build_definitions(env: Mapping[str, str]) -> dg.Definitions:
-    profile = load_profile(env)
+def build_definitions(env: Mapping[str, str], profile: Profile | None = None) -> dg.Definitions:
+    """The code location for the environment ``env``, validated first (a bad setting raises ``ConfigError``, one line
+    naming it); ``profile``: one already loaded from ``env``. Secrets reach the resources only as ``dg.EnvVar``."""
+    profile = profile or load_profile(env)
     return dg.Definitions(
         assets=dg.load_assets_from_modules([corpus, models, scores, landscape, pilots, laws]),
         asset_checks=dg.load_asset_checks_from_modules([corpus, models, scores, landscape, pilots, laws]),

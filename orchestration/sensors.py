@@ -1,22 +1,20 @@
-"""Sensors: register sources as partitions and ingest them when they appear or change."""
+"""Sensors: register sources as partitions and ingest them when they appear or change.
+
+What the table already holds decides, not only what this sensor saw: every ``corpus/documents`` commit records the
+fingerprint (a content hash) of the source it ingested, so a source the CLI or a UI run ingested is not ingested
+again by a sensor whose cursor is empty (a new instance, the UI opened after ``make demo``).
+"""
 
 import json
 
 import dagster as dg
 
+from assets.corpus import DOCUMENTS_TABLE
 from assets.partitions import corpus_sources
-from assets.resources import CorpusCatalogResource
-from cpt.corpus.sources import SourceSpec, SourceUnreadableError, source_files
+from assets.resources import CorpusCatalogResource, DeltaStoreResource
+from cpt.corpus.publish import committed_fingerprints
+from cpt.corpus.sources import source_fingerprint
 from orchestration.jobs import ingest_corpus_job
-
-
-def _fingerprint(spec: SourceSpec) -> str:
-    """Names, sizes and modification times of a source's files: a change means it must be ingested again."""
-    try:
-        files = source_files(spec)
-    except SourceUnreadableError:
-        return "unreadable"  # its run will fail with the reason; a later fix changes the fingerprint
-    return ";".join(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
 
 
 @dg.sensor(
@@ -24,23 +22,30 @@ def _fingerprint(spec: SourceSpec) -> str:
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Registers every declared source and every file dropped in the landing folder "
-    "(<landing>/domain/, <landing>/general/) as a corpus_sources partition, and ingests new or changed ones.",
+    "(<landing>/domain/, <landing>/general/) as a corpus_sources partition, and ingests a source whose content "
+    "differs from what corpus/documents last committed for it (and from what this sensor already requested).",
 )
-def corpus_landing_sensor(context: dg.SensorEvaluationContext, catalog: CorpusCatalogResource):
-    seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+def corpus_landing_sensor(
+    context: dg.SensorEvaluationContext, catalog: CorpusCatalogResource, delta: DeltaStoreResource
+):
+    requested: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
     specs = catalog.specs()
-    for name, paths in catalog.landing().conflicts.items():
+    scan = catalog.landing()
+    for name, paths in scan.conflicts.items():
         context.log.warning(f"landing files {list(paths)} all map to source {name!r}: none is ingested; rename them")
+    for path, reason in scan.refused.items():
+        context.log.warning(f"landing entry {path} is not ingested: {reason}")
     registered = set(context.instance.get_dynamic_partitions(corpus_sources.name))
     new_partitions = sorted(set(specs) - registered)
+    committed = committed_fingerprints(delta.store(), DOCUMENTS_TABLE)
     runs = []
     current: dict[str, str] = {}
     for name, spec in sorted(specs.items()):
-        current[name] = _fingerprint(spec)
-        if name in new_partitions or seen.get(name) != current[name]:
+        current[name] = source_fingerprint(spec)
+        if current[name] not in (committed.get(name), requested.get(name)):
             runs.append(dg.RunRequest(partition_key=name, run_key=f"{name}:{current[name]}"))
     if not runs and not new_partitions:
-        return dg.SkipReason(f"no new or changed sources among {len(specs)}")
+        return dg.SkipReason(f"every one of the {len(specs)} sources is ingested as it is now")
     return dg.SensorResult(
         run_requests=runs,
         dynamic_partitions_requests=[corpus_sources.build_add_request(new_partitions)] if new_partitions else [],

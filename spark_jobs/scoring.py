@@ -4,6 +4,22 @@ Only documents with no chunk scored yet under the same model revision and window
 a rerun with nothing new performs no forward pass and commits nothing. The scores land as one Delta transaction,
 idempotent under retries of the same run.
 
+Reliability:
+
+- No duplicate chunk rows, even from concurrent runs: the commit leaves out every row whose (chunk_id,
+  model_revision, policy_hash) the table already holds, re-checked against the version the commit lands on
+  (:meth:`cpt.delta_store.DeltaStore.commit_unique_files`: optimistic concurrency, the loser of a race re-checks and
+  retries). Two runs on the same source at once both score, one commits, the other drops what the first added.
+- Orphans of killed runs: a run killed after its tasks wrote Parquet files but before the commit leaves files no Delta
+  version references. Every run first removes its table's orphans older than ``orphan_min_age_s`` (default 1 hour;
+  0 removes them all) whose writer holds no live lease (:meth:`cpt.delta_store.DeltaStore.remove_orphans`), so a
+  concurrent run's files in flight are never touched.
+- Killed after the commit: the rows are in the table; a rerun finds their documents scored and scores nothing.
+
+Test-only hook: ``CPTDATA_TEST_SCORING_TASK_SLEEP`` (seconds) makes every scoring task sleep that long after
+scoring each batch, so a test can kill a run while its tasks are writing (see
+tests/reliability/test_scoring_kill_rerun.py). Unset in production.
+
 From an asset: :func:`run_scoring_job`. Standalone: ``spark-submit spark_jobs/scoring.py job.json`` (or
 ``python -m spark_jobs.scoring job.json``) with a JSON :class:`ScoringJobSpec` (see :func:`main`).
 """
@@ -21,10 +37,10 @@ from typing import TYPE_CHECKING
 
 import pyarrow.compute as pc
 
-from cpt.delta_store import CommitInfo, DeltaStore
+from cpt.delta_store import DEFAULT_ORPHAN_AGE_S, CommitInfo, DeltaStore
 from cpt.scoring.schema import SCORES_SCHEMA
 from cpt.scoring.windows import WindowPolicy
-from spark_jobs.delta_bridge import read_snapshot, write_to_delta
+from spark_jobs.delta_bridge import read_snapshot, write_unique_to_delta
 from spark_jobs.scoring_worker import ScoreDocuments
 from spark_jobs.session import SparkSettings, build_session
 
@@ -33,6 +49,7 @@ if TYPE_CHECKING:
 
 DOCUMENTS_TABLE = "corpus/documents"
 SCORES_TABLE = "scores/chunk_perplexity"
+SCORE_KEY = ("chunk_id", "model_revision", "policy_hash")  # one row per key in the whole table
 
 
 @dataclass(frozen=True)
@@ -49,6 +66,8 @@ class ScoringJobSpec:
     ship_model: bool = False  # send the model folder with SparkContext.addFile instead of assuming a shared path
     code_version: str = "scoring-v1"
     config_hash: str = ""
+    # orphaned files (of killed runs) younger than this are kept; 0: remove every orphan whose writer is gone
+    orphan_min_age_s: float = DEFAULT_ORPHAN_AGE_S
 
 
 @dataclass(frozen=True)
@@ -60,6 +79,11 @@ class ScoringJobResult:
     tokens_scored: int
     seconds: float
     scores_version: int | None  # the table version holding this run's scores (None: nothing written)
+    duplicates_dropped: int = 0  # rows another run committed first (same key), left out of this run's commit
+    orphan_files_removed: int = 0
+    orphan_bytes_removed: int = 0
+    orphan_files_kept: int = 0  # orphans younger than orphan_min_age_s, or of a write still in flight
+    orphan_cleanup_error: str | None = None  # cleanup is housekeeping: its failure is reported, scoring goes on
 
     @property
     def tokens_per_second(self) -> float:
@@ -74,13 +98,16 @@ def run_scoring_job(
     from pyspark.sql.pandas.types import from_arrow_schema
 
     start = time.perf_counter()
+    cleanup = _clean_orphans(store, spec, on_progress)
     docs, _ = read_snapshot(spark, store, DOCUMENTS_TABLE, spec.documents_version)
     docs = docs.select("doc_id", "source", "role", "split", "text")
     if spec.sources:
         docs = docs.filter(F.col("source").isin(list(spec.sources)))
     considered = docs.count()
+    checked_version = None  # the scores version the anti-join excluded (the commit re-checks if the table moves)
     if store.exists(SCORES_TABLE):
-        scores, _ = read_snapshot(spark, store, SCORES_TABLE, None)
+        scores, snap = read_snapshot(spark, store, SCORES_TABLE, None)
+        checked_version = snap.version
         done = (
             scores.filter(
                 (F.col("model_revision") == spec.model_revision) & (F.col("policy_hash") == spec.policy.policy_hash)
@@ -91,7 +118,9 @@ def run_scoring_job(
         docs = docs.join(done, "doc_id", "left_anti")
     to_score = docs.count()
     if to_score == 0:
-        return ScoringJobResult(spec.documents_version, considered, 0, 0, 0, time.perf_counter() - start, None)
+        return ScoringJobResult(
+            spec.documents_version, considered, 0, 0, 0, time.perf_counter() - start, None, **cleanup
+        )
 
     parallelism = spark.sparkContext.defaultParallelism
     partitions = spec.num_partitions or 8 * parallelism  # several tasks per core: a short tail, visible progress
@@ -118,15 +147,51 @@ def run_scoring_job(
         input_versions={DOCUMENTS_TABLE: spec.documents_version},
     )
     with _StageProgress(spark, on_progress, f"scoring {to_score} documents"):
-        version = write_to_delta(
-            scored, store, SCORES_TABLE, commit=commit, partition_by=["source"], app_id=f"score:{spec.run_id}"
+        written = write_unique_to_delta(
+            scored,
+            store,
+            SCORES_TABLE,
+            commit=commit,
+            unique_on=SCORE_KEY,
+            partition_by=["source"],
+            checked_version=checked_version,
+            key_filters=[("model_revision", "=", spec.model_revision), ("policy_hash", "=", spec.policy.policy_hash)],
+            app_id=f"score:{spec.run_id}",
         )
+    if written.duplicates_dropped and on_progress is not None:
+        on_progress(f"{written.duplicates_dropped} chunks were committed meanwhile by another run: left out")
+    version = written.version
     mine = store.read(SCORES_TABLE, version, columns=["n_tokens", "score_run_id"])
     mine = mine.filter(pc.equal(mine["score_run_id"], spec.run_id))
     tokens = int(pc.sum(mine["n_tokens"]).as_py() or 0)
     return ScoringJobResult(
-        spec.documents_version, considered, to_score, mine.num_rows, tokens, time.perf_counter() - start, version
+        spec.documents_version,
+        considered,
+        to_score,
+        mine.num_rows,
+        tokens,
+        time.perf_counter() - start,
+        version if mine.num_rows else None,
+        duplicates_dropped=written.duplicates_dropped,
+        **cleanup,
     )
+
+
+def _clean_orphans(store: DeltaStore, spec: ScoringJobSpec, report: Callable[[str], None] | None) -> dict:
+    """Remove the scores table's orphaned files (see the module docstring); the counts for the result."""
+    try:
+        done = store.remove_orphans(SCORES_TABLE, spec.orphan_min_age_s)
+    except Exception as exc:  # housekeeping must not fail a scoring run; the error is reported with the result
+        if report is not None:
+            report(f"orphan cleanup of {SCORES_TABLE} failed: {exc!r}")
+        return {"orphan_cleanup_error": repr(exc)}
+    if done.removed and report is not None:
+        report(f"removed {len(done.removed)} orphaned files ({done.bytes_removed} bytes) of killed scoring runs")
+    return {
+        "orphan_files_removed": len(done.removed),
+        "orphan_bytes_removed": done.bytes_removed,
+        "orphan_files_kept": done.kept_young + done.kept_in_flight,
+    }
 
 
 class _StageProgress:

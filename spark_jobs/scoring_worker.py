@@ -2,10 +2,15 @@
 
 Free of ``deltalake`` (unpickled in every worker). The model is loaded once per worker process and cached across
 tasks (Spark reuses Python workers); a task that owns a GPU scores on it.
+
+Test-only: ``CPTDATA_TEST_SCORING_TASK_SLEEP`` (seconds, read in the worker) pauses a task after each scored batch,
+so that a test can kill a run while its tasks are writing files.
 """
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,6 +21,7 @@ from cpt.scoring.schema import SCORES_SCHEMA
 from cpt.scoring.windows import WindowPolicy, chunk_documents
 
 _SCORERS: dict[tuple[str, str, str], tuple[object, object]] = {}  # (path, revision, device) → (scorer, tokenizer)
+TEST_TASK_SLEEP_ENV = "CPTDATA_TEST_SCORING_TASK_SLEEP"
 
 
 def _task_device() -> str:
@@ -70,6 +76,8 @@ class ScoreDocuments:
                 "score_run_id": [self.run_id] * len(scores),
                 "scored_at": [now] * len(scores),
             }
+            if pause := float(os.environ.get(TEST_TASK_SLEEP_ENV) or 0):
+                time.sleep(pause)
             yield pa.RecordBatch.from_pydict(rows, schema=SCORES_SCHEMA)
 
     def _scorer(self):

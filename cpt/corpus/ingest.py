@@ -1,8 +1,15 @@
 """Ingestion of one source: records → normalised documents with content-hash ids, exact duplicates dropped and
-counted, a train/eval split drawn by a stable hash of the group; malformed records → rejects with a reason."""
+counted, a train/eval split drawn by a stable hash of the group; malformed records → rejects with a reason.
+
+A source that yields no document and no reject (an empty file, a gzip of nothing, blank lines only) raises
+:class:`EmptySourceError` unless its spec sets ``allow_empty``: an empty input is far more often a failed export or
+copy than an intent to delete a partition.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -15,7 +22,7 @@ import pyarrow.compute as pc
 
 from cpt.corpus.readers import Record, Reject, RejectReason, read_source
 from cpt.corpus.schema import DOCUMENTS_SCHEMA, RAW_LIMIT, REJECTS_SCHEMA
-from cpt.corpus.sources import SourceSpec, SplitPolicy
+from cpt.corpus.sources import EmptySourceError, SourceSpec, SplitPolicy
 from cpt.hashing import content_id, unit_interval
 
 SPLIT_SALT = "cptdata-split-v1"  # changing it reshuffles every split: bump only with a new split policy version
@@ -149,11 +156,82 @@ def ingest_source(
         rejects_by_reason=dict(sorted(Counter(r.reason.value for r in rejects).items())),
         documents_by_split=dict(sorted(Counter(d.split for d in docs.values()).items())),
     )
+    if not docs and not rejects:
+        require_documents(spec, stats)
     return IngestResult(
         documents=_documents_table(docs.values(), spec, run_id, ingested_at),
         rejects=_rejects_table(rejects, spec, run_id, ingested_at),
         stats=stats,
     )
+
+
+def require_documents(spec: SourceSpec, stats: IngestStats) -> None:
+    """Raise :class:`EmptySourceError` (one line, naming the source) when ``stats`` holds no document and the source
+    does not allow being empty."""
+    if stats.documents or spec.allow_empty:
+        return
+    if stats.records_read == 0:
+        what = f"no records in {spec.path} (an empty file, a gzip of nothing or blank lines only)"
+    elif stats.cross_source_duplicates:
+        what = f"all {stats.cross_source_duplicates} of its texts are already held by other sources"
+        what += f" ({stats.rejects} other records were rejected)" if stats.rejects else ""
+    else:
+        return  # every record was rejected: the reject-rate gate fails it, and its rejects are recorded
+    raise EmptySourceError(
+        f"source {spec.name!r}: {what}; its partition keeps its last good version. To really empty it, set "
+        "allow_empty: true on the source"
+    )
+
+
+def without_texts_held_elsewhere(result: IngestResult, held_elsewhere: AbstractSet[str]) -> IngestResult:
+    """``result`` less the documents whose ids other sources hold, with the stats counting them as cross-source
+    duplicates: what the partition may hold against a given version of the table."""
+    if not held_elsewhere or result.documents.num_rows == 0:
+        return result
+    taken = pc.is_in(result.documents["doc_id"], value_set=pa.array(sorted(held_elsewhere), pa.string()))
+    dropped = int(pc.sum(taken).as_py() or 0)
+    if dropped == 0:
+        return result
+    documents = result.documents.filter(pc.invert(taken))
+    splits = Counter(documents["split"].to_pylist())
+    stats = dataclasses.replace(
+        result.stats,
+        documents=documents.num_rows,
+        cross_source_duplicates=result.stats.cross_source_duplicates + dropped,
+        documents_by_split=dict(sorted(splits.items())),
+    )
+    return IngestResult(documents=documents, rejects=result.rejects, stats=stats)
+
+
+DATA_VERSION_COLUMNS = ("doc_id", "role", "split", "group_id")
+
+
+def documents_data_version(documents: pa.Table) -> str:
+    """A content version of a documents partition: a hash of its sorted (doc_id, role, split, group_id) rows, i.e. of
+    the texts and how they are used, independent of run ids, times and row order. Equal partitions → equal versions."""
+    return _table_digest(documents, DATA_VERSION_COLUMNS, sort_by="doc_id")
+
+
+def rejects_data_version(rejects: pa.Table) -> str:
+    """A content version of a rejects partition (file, position, reason, raw bytes), independent of run ids and
+    times."""
+    return _table_digest(rejects, ("source_file", "source_position", "reason", "raw"), sort_by=None)
+
+
+def _table_digest(table: pa.Table, columns: Iterable[str], sort_by: str | None) -> str:
+    columns = list(columns)
+    rows = table.select(columns)
+    if sort_by is not None and rows.num_rows:
+        rows = rows.sort_by(sort_by)
+    digest = hashlib.sha256(f"cptdata-data-v1\n{','.join(columns)}\n".encode())
+    for row in zip(*(rows[c].to_pylist() for c in columns), strict=True):
+        for value in row:
+            if value is None:
+                digest.update(b"\xff" * 8)
+                continue
+            value = value if isinstance(value, bytes) else str(value).encode()
+            digest.update(len(value).to_bytes(8, "little") + value)
+    return digest.hexdigest()[:32]
 
 
 def _documents_table(docs: Iterable[Document], spec: SourceSpec, run_id: str, at: datetime) -> pa.Table:

@@ -6,7 +6,7 @@ import dagster as dg
 import pyarrow.compute as pc
 import pytest
 
-from assets.scores import CHECK_COVERAGE, CHECK_VALUES
+from assets.scores import CHECK_COVERAGE, CHECK_UNIQUE, CHECK_VALUES
 from cpt.delta_store import DeltaStore
 from orchestration.cli import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from orchestration.definitions import build_definitions
@@ -60,6 +60,7 @@ def test_pretrained_base_model_then_incremental_single_run_scoring(tmp_path):
         assert {c.check_name: c.passed for c in first.get_asset_check_evaluations()} == {
             CHECK_COVERAGE: True,
             CHECK_VALUES: True,
+            CHECK_UNIQUE: True,
         }
         scores = store.read(SCORES_TABLE)
         assert set(scores["source"].to_pylist()) == {"gen", "dom"} and scores.num_rows >= 42

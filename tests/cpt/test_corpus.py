@@ -131,17 +131,19 @@ def test_trailing_garbage_keeps_every_line_before_it(tmp_path):
     assert result.rejects.column("reason").to_pylist() == ["corrupt_gzip"]
 
 
-def test_corruption_mid_member_salvages_the_lines_before_it(tmp_path):
+def test_corruption_mid_member_rejects_every_line_of_that_member_and_keeps_the_next(tmp_path):
     data = bytearray(gz_lines(5000))
     data[len(data) // 2 : len(data) // 2 + 64] = b"\xff" * 64  # damage the middle of the deflate stream
     path = tmp_path / "corrupt.jsonl.gz"
-    path.write_bytes(bytes(data))
+    path.write_bytes(bytes(data) + gz_lines(3, 5000))
     result = ingest(spec(path, group_field=None))
-    texts = result.documents.column("text").to_pylist()
-    # everything before the damage is recovered exactly; deflate may emit garbled bytes before it notices, and the
-    # stream's end is recorded as corrupt (the member's CRC no longer matches)
-    assert texts[:2400] == [f"line {i}" for i in range(2400)]
-    assert result.rejects.column("reason").to_pylist()[-1] == "corrupt_gzip"
+    # no line of the damaged member is trusted (deflate may emit garbled bytes before it notices); the intact member
+    # after it is read whole
+    assert result.documents.column("text").to_pylist() == ["line 5000", "line 5001", "line 5002"]
+    rejects = result.rejects.to_pylist()
+    assert {r["reason"] for r in rejects} == {"corrupt_gzip"}
+    # what was decoded before the damage is kept, byte for byte, in the rejects
+    assert [r["raw"] for r in rejects[:2400]] == [json.dumps({"text": f"line {i}"}).encode() for i in range(2400)]
 
 
 def test_landing_folder_becomes_sources(tmp_path):

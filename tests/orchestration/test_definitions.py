@@ -39,6 +39,7 @@ GRAPH = {
 CHECKS = {
     "scores/chunk_perplexity:every_train_chunk_scored",
     "scores/chunk_perplexity:finite_and_ppl_at_least_1",
+    "scores/chunk_perplexity:unique_chunk_scores",
     "corpus/documents:non_empty_text",
     "corpus/documents:reject_rate_below_threshold",
     "corpus/documents:schema_matches_contract",
@@ -105,7 +106,11 @@ def test_profiles_are_chosen_by_one_variable(tmp_path):
             "MLFLOW_TRACKING_URI": "http://mlflow:5000",
         }
     )
-    assert (cluster.delta.root_uri, cluster.spark.connect_url) == ("s3://bucket/cpt", "sc://spark:15002")
+    assert cluster.delta.root_uri == "s3://bucket/cpt"
+    # the Connect URL (it may carry a token) and the tracking URI reach the resources as env var references only
+    assert isinstance(cluster.spark.connect_url, dg.EnvVar)
+    assert cluster.spark.connect_url.env_var_name == "CPTDATA_SPARK_CONNECT"
+    assert cluster.mlflow.tracking_uri.env_var_name == "MLFLOW_TRACKING_URI"
     assert (cluster.model.kind, cluster.model.path) == ("local", "/models/llama")
     with pytest.raises(ValueError, match="CPTDATA_BASE_MODEL"):
         load_profile({"CPTDATA_PROFILE": "cluster", "CPTDATA_DELTA_ROOT": "s3://b/c"})
@@ -121,28 +126,30 @@ def test_landing_sensor_registers_new_files_and_requests_their_runs(tmp_path):
     sources = tmp_path / "sources.json"
     sources.write_text("[]")
     defs = build_definitions({"CPTDATA_HOME": str(tmp_path), "CPTDATA_SOURCES": str(sources)})
-    catalog = defs.resources["catalog"]
+    resources = {"catalog": defs.resources["catalog"], "delta": defs.resources["delta"]}
     with dg.DagsterInstance.ephemeral() as instance:
-        ctx = dg.build_sensor_context(instance=instance, resources={"catalog": catalog})
+        ctx = dg.build_sensor_context(instance=instance, resources=resources)
         assert isinstance(corpus_landing_sensor(ctx), dg.SkipReason)
 
         (landing / "domain" / "notes.jsonl").write_text(json.dumps({"text": "hello"}) + "\n")
-        result = corpus_landing_sensor(dg.build_sensor_context(instance=instance, resources={"catalog": catalog}))
+        result = corpus_landing_sensor(dg.build_sensor_context(instance=instance, resources=resources))
         assert [r.partition_key for r in result.run_requests] == ["domain-notes"]
         assert result.dynamic_partitions_requests[0].partition_keys == ["domain-notes"]
         instance.add_dynamic_partitions(corpus_sources.name, ["domain-notes"])
 
-        again = dg.build_sensor_context(instance=instance, cursor=result.cursor, resources={"catalog": catalog})
+        again = dg.build_sensor_context(instance=instance, cursor=result.cursor, resources=resources)
         assert isinstance(corpus_landing_sensor(again), dg.SkipReason)  # nothing new: no second run
 
         (landing / "domain" / "notes.jsonl").write_text(json.dumps({"text": "hello, changed"}) + "\n")
-        changed = dg.build_sensor_context(instance=instance, cursor=result.cursor, resources={"catalog": catalog})
+        changed = dg.build_sensor_context(instance=instance, cursor=result.cursor, resources=resources)
         assert [r.partition_key for r in corpus_landing_sensor(changed).run_requests] == ["domain-notes"]
 
 
 def test_daily_schedule_rebuilds_every_registered_source():
-    with dg.instance_for_test() as instance:
-        ctx = dg.build_schedule_context(instance=instance, scheduled_execution_time=datetime(2026, 5, 1, 2, tzinfo=UTC))
+    when = datetime(2026, 5, 1, 2, tzinfo=UTC)
+    # the context is closed with the block: left open, the instance it re-opens from its ref stays the process's
+    # current defs-state storage after being disposed, and later definitions fail to load ("undefined weakref")
+    with dg.instance_for_test() as instance, dg.build_schedule_context(instance, when) as ctx:
         assert isinstance(daily_corpus_build(ctx), dg.SkipReason)
         instance.add_dynamic_partitions(corpus_sources.name, ["a", "b"])
         runs = daily_corpus_build(ctx)
