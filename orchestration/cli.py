@@ -100,34 +100,36 @@ def _instance(profile: Profile) -> dg.DagsterInstance:
     return dg.DagsterInstance.get()
 
 
+def _host() -> str:
+    """This machine: its hostname and, where Linux tells it, its boot id and PID namespace — containers that share a
+    hostname, or a reboot that reuses PIDs, are told apart."""
+    parts = [socket.gethostname()]
+    for probe in ("/proc/sys/kernel/random/boot_id", "/proc/self/ns/pid"):
+        with suppress(OSError):
+            parts.append(os.readlink(probe) if probe.endswith("/pid") else Path(probe).read_text().strip())
+    return "|".join(parts)
+
+
 def _process_start(pid: int) -> float | None:
     """When process ``pid`` started (seconds since the epoch), or None when that cannot be known."""
-    try:
-        import psutil
+    import psutil
 
+    try:
         return psutil.Process(pid).create_time()
-    except Exception:
+    except psutil.Error:
         return None
 
 
 def _process_tags() -> dict[str, str]:
     started = _process_start(os.getpid())
-    tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+    tags = {PID_TAG: str(os.getpid()), HOST_TAG: _host()}
     return tags | ({PROCESS_START_TAG: f"{started:.2f}"} if started is not None else {})
 
 
 def _alive(pid: int, started: float | None) -> bool:
     """Whether process ``pid`` still runs and is the one that started the run (not a later one given its pid)."""
-    try:
-        import psutil
-    except ImportError:  # pragma: no cover - psutil comes with accelerate
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+    import psutil
+
     try:
         process = psutil.Process(pid)
         if process.status() == psutil.STATUS_ZOMBIE:
@@ -145,9 +147,11 @@ def mark_dead_cli_runs(instance: dg.DagsterInstance, *, this_process: bool = Fal
     Those runs are not monitored by the daemon, so a killed CLI leaves them STARTED forever. By default: runs whose
     process is gone. With ``this_process``: the runs of this process still active (it was interrupted).
     """
-    host, me = socket.gethostname(), os.getpid()
+    host, me = _host(), os.getpid()
     marked = []
     for run in instance.get_runs(filters=dg.RunsFilter(statuses=ACTIVE_STATUSES, tags={HOST_TAG: host})):
+        if run.parent_run_id is not None:  # a re-execution (from the UI, say) copies its parent's tags: not ours
+            continue
         try:
             pid = int(run.tags[PID_TAG])
             started = float(run.tags[PROCESS_START_TAG]) if PROCESS_START_TAG in run.tags else None

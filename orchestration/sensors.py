@@ -43,7 +43,10 @@ def corpus_landing_sensor(
     for name, spec in sorted(specs.items()):
         current[name] = source_fingerprint(spec)
         if current[name] not in (committed.get(name), requested.get(name)):
-            runs.append(dg.RunRequest(partition_key=name, run_key=f"{name}:{current[name]}"))
+            # the key names what the table held too: a file reverted to an earlier content (A → B → A) gets a new
+            # key, where the content alone would repeat one Dagster never launches twice
+            key = f"{name}:{current[name]}:from:{committed.get(name, '-')}"
+            runs.append(dg.RunRequest(partition_key=name, run_key=key))
     if not runs and not new_partitions:
         return dg.SkipReason(f"every one of the {len(specs)} sources is ingested as it is now")
     return dg.SensorResult(

@@ -5,7 +5,8 @@
 the sources' keys, formats, roles, splits and unique names), and returns :class:`Settings`. A bad setting raises
 :class:`ConfigError`, whose message is one line naming the setting (the variable, or the source and its key) and the
 bad value; the value of a secret (:data:`SECRET_SETTINGS`) is never shown. ``orchestration.profiles`` turns the
-settings into resources; nothing else reads the environment.
+settings into resources; apart from two test-only hooks (``CPTDATA_TEST_*``, documented where they are read),
+nothing else reads the environment.
 """
 
 from __future__ import annotations

@@ -24,6 +24,14 @@ _SCORERS: dict[tuple[str, str, str], tuple[object, object]] = {}  # (path, revis
 TEST_TASK_SLEEP_ENV = "CPTDATA_TEST_SCORING_TASK_SLEEP"
 
 
+def _test_pause() -> float:
+    """The test hook's pause in seconds; unset or not a number is no pause (a stray value never fails a task)."""
+    try:
+        return max(float(os.environ.get(TEST_TASK_SLEEP_ENV) or 0), 0.0)
+    except ValueError:
+        return 0.0
+
+
 def _task_device() -> str:
     import torch
     from pyspark import TaskContext
@@ -76,7 +84,7 @@ class ScoreDocuments:
                 "score_run_id": [self.run_id] * len(scores),
                 "scored_at": [now] * len(scores),
             }
-            if pause := float(os.environ.get(TEST_TASK_SLEEP_ENV) or 0):
+            if pause := _test_pause():
                 time.sleep(pause)
             yield pa.RecordBatch.from_pydict(rows, schema=SCORES_SCHEMA)
 

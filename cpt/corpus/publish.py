@@ -172,7 +172,7 @@ def _write_partition_file(store: DeltaStore, table: str, source: str, result: In
     if documents.num_rows == 0:
         return []
     fs, root = pafs.FileSystem.from_uri(store.table_uri(table))
-    write_id = uuid.uuid4().hex[:12]  # part-<write id>-…: the naming the store's orphan and lease rules know
+    write_id = uuid.uuid4().hex[:12]  # part-<write id>-…: the table's one file naming (as the scoring writers')
     relative = f"{PARTITION_COLUMN}={quote(source, safe='')}/part-{write_id}-{uuid.uuid4().hex}.snappy.parquet"
     full = f"{root}/{relative}"
     fs.create_dir(full.rsplit("/", 1)[0], recursive=True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,7 +16,16 @@ import dagster as dg
 import pytest
 
 from assets.resources import DeltaStoreResource
-from orchestration.cli import EXIT_INTERRUPTED, EXIT_OK, HOST_TAG, PID_TAG, PROCESS_START_TAG, main, mark_dead_cli_runs
+from orchestration.cli import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    HOST_TAG,
+    PID_TAG,
+    PROCESS_START_TAG,
+    _host,
+    main,
+    mark_dead_cli_runs,
+)
 from tests.reliability.test_cli_exit_codes import cli_env_fixture  # noqa: F401 (the cli_env fixture)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -62,7 +70,7 @@ def test_run_of_a_killed_cli_is_marked_failed_by_the_next_command(cli_env, tmp_p
         with dg.DagsterInstance.from_config(str(cli_env["dagster"])) as instance:
             [run] = instance.get_runs()
             assert run.status == dg.DagsterRunStatus.STARTED
-            assert (run.tags[PID_TAG], run.tags[HOST_TAG]) == (str(proc.pid), socket.gethostname())
+            assert (run.tags[PID_TAG], run.tags[HOST_TAG]) == (str(proc.pid), _host())
             assert mark_dead_cli_runs(instance) == []  # its process is alive: left alone
             assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED
 
@@ -84,7 +92,7 @@ def test_run_of_a_killed_cli_is_marked_failed_by_the_next_command(cli_env, tmp_p
 def test_a_pid_reused_by_another_process_does_not_keep_a_dead_run_alive(tmp_path):
     me = os.getpid()
     with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
-        tags = {PID_TAG: str(me), HOST_TAG: socket.gethostname()}
+        tags = {PID_TAG: str(me), HOST_TAG: _host()}
         reused = dg.DagsterRun(
             job_name="ingest_corpus",
             status=dg.DagsterRunStatus.STARTED,
@@ -100,12 +108,19 @@ def test_a_pid_reused_by_another_process_does_not_keep_a_dead_run_alive(tmp_path
             tags={PID_TAG: "999999999", HOST_TAG: "another-host"},  # its process cannot be checked from here
         )
         daemon = dg.DagsterRun(job_name="ingest_corpus", status=dg.DagsterRunStatus.STARTED)  # not a CLI run
-        for run in (reused, live, other_host, daemon):
+        reexecution = dg.DagsterRun(  # re-executed from the UI: it copies the dead parent's tags, but no CLI runs it
+            job_name="ingest_corpus",
+            status=dg.DagsterRunStatus.STARTED,
+            tags={PID_TAG: "999999999", HOST_TAG: _host()},
+            parent_run_id=reused.run_id,
+            root_run_id=reused.run_id,
+        )
+        for run in (reused, live, other_host, daemon, reexecution):
             instance.add_run(run)
         assert [r.run_id for r in mark_dead_cli_runs(instance)] == [reused.run_id]
         statuses = {r.run_id: r.status for r in instance.get_runs()}
         assert statuses[reused.run_id] == dg.DagsterRunStatus.FAILURE
-        assert {statuses[r.run_id] for r in (live, other_host, daemon)} == {dg.DagsterRunStatus.STARTED}
+        assert {statuses[r.run_id] for r in (live, other_host, daemon, reexecution)} == {dg.DagsterRunStatus.STARTED}
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ commit every text once; the loser re-checks against the winner's version and cou
 
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import UTC, datetime
 
@@ -103,3 +104,37 @@ def test_ingest_that_loses_every_race_fails_clearly_and_leaves_nothing(tmp_path)
     published = publish(spec_b, checkpoint=lambda point: once or once.append(publish(spec_a).version))
     assert published.attempts == 2 and published.checked_against == once[0]  # re-checked against the rival's version
     assert partition_texts(tmp_path, "b") == sorted(texts("b", 3))
+
+
+@pytest.mark.parametrize("at_call", range(1, 9))
+def test_an_ingest_landing_at_any_snapshot_of_another_never_duplicates_a_text(tmp_path, monkeypatch, at_call):
+    """Source ``a`` publishes at the ``at_call``-th table snapshot source ``b``'s publish takes (between its check and
+    its commit, or between its token read and its commit snapshot): every text still lands once."""
+    from cpt.corpus.sources import EmptySourceError
+    from cpt.delta_store import DeltaStore
+
+    shared = texts("shared", 20)
+    specs = {n: SourceSpec(**source(n, write_source(tmp_path / f"{n}.jsonl", shared), role="general")) for n in "ab"}
+    delta = store(tmp_path)
+
+    def publish(name: str):
+        result = ingest_source(specs[name], run_id=name, ingested_at=datetime.now(UTC))
+        return publish_documents(
+            delta, DOCUMENTS_TABLE, specs[name], result, CommitInfo(name, DOCUMENTS_TABLE, "v", "h"), fingerprint="f"
+        )
+
+    original, calls = DeltaStore.table, []
+
+    def table(self, key, version=None):
+        snapshot = original(self, key, version)
+        calls.append(key)
+        if len(calls) == at_call:
+            publish("a")  # the other ingest lands right after this snapshot
+        return snapshot
+
+    monkeypatch.setattr(DeltaStore, "table", table)
+    with contextlib.suppress(EmptySourceError):  # b re-checked against a's version, found every text taken: right
+        publish("b")
+    monkeypatch.setattr(DeltaStore, "table", original)
+    held = delta.read(DOCUMENTS_TABLE, columns=["doc_id"])["doc_id"].to_pylist()
+    assert sorted(held) == sorted(set(held)) and len(held) == 20

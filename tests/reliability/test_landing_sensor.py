@@ -9,6 +9,7 @@ import os
 import dagster as dg
 
 from assets.partitions import corpus_sources
+from cpt.corpus.sources import SourceSpec, source_fingerprint
 from orchestration.definitions import build_definitions
 from orchestration.sensors import corpus_landing_sensor
 from tests.reliability.test_ingest_helpers import source, texts, write_source
@@ -53,3 +54,12 @@ def test_landing_sensor_with_an_empty_cursor_skips_what_the_table_holds(tmp_path
 
         assert job.execute_in_process(partition_key="b", instance=ui_instance).success
         assert evaluate(ui_instance, defs) == []  # ingested: the table holds its new fingerprint
+
+        # reverted to the first content, which the table no longer holds: a run again, under a key naming what the
+        # table held (Dagster launches a run key once per sensor: a key of the content alone, used before, is dropped)
+        held = source_fingerprint(SourceSpec(**source("b", declared[1])))
+        write_source(declared[1], texts("beta", 10))
+        result = corpus_landing_sensor(dg.build_sensor_context(instance=ui_instance, resources=resources))
+        (request,) = result.run_requests
+        reverted = source_fingerprint(SourceSpec(**source("b", declared[1])))
+        assert request.partition_key == "b" and request.run_key == f"b:{reverted}:from:{held}"
