@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import tempfile
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from assets.lineage import commit_info
 from assets.resources import MlflowResource
@@ -38,6 +40,7 @@ FITS_SCHEMA = pa.schema(
         pa.field("answer", pa.string()),  # JSON: the answer a user acts on, with its basis
         pa.field("gate", pa.string()),  # JSON: the blocking gate: passed, problems, values
         pa.field("promoted", pa.bool_()),  # the registered version became the champion
+        pa.field("fitted_at", pa.timestamp("us", tz="UTC")),  # when: the newest row of a law is its current fit
     ]
 )
 
@@ -95,6 +98,7 @@ def publish(
         "answer": json.dumps(out.answer, default=str),
         "gate": json.dumps(out.gate.to_json(), default=str),
         "promoted": promoted,
+        "fitted_at": datetime.now(UTC),
     }
     commit = commit_info(context, context.asset_key, config.model_dump(), inputs)
     predicate = partition_predicate({"law": out.law, "fit_key": fit_key})
@@ -171,3 +175,84 @@ def _registered_version(store: DeltaStore, fit_key: str, result: str) -> str:
     rows = store.read(FITS_TABLE, filters=[("fit_key", "=", fit_key)], columns=["model_version", "result"])
     same = [r["model_version"] for r in rows.to_pylist() if r["result"] == result and r["model_version"]]
     return same[0] if same else ""
+
+
+@dataclass(frozen=True)
+class CurrentFit:
+    """The newest row of one law in ``laws/fits``, its JSON columns parsed: what downstream stages act on."""
+
+    law: str
+    fits_version: int
+    fit_key: str  # hash of (inputs, config): the same for an identical refit
+    answer: dict
+    result: dict
+    gate: dict
+    input_versions: dict[str, int]
+    config: dict
+    mlflow_run_id: str
+    registered_model: str
+    model_version: str
+    dagster_run_id: str
+
+    @property
+    def gate_passed(self) -> bool:
+        return bool(self.gate.get("passed"))
+
+    def require_passed(self) -> CurrentFit:
+        """This fit, or a failure saying that its blocking gate failed (nothing is built on a failed fit)."""
+        if not self.gate_passed:
+            problems = "; ".join(self.gate.get("problems") or []) or "no reason recorded"
+            raise dg.Failure(
+                f"the current {self.law} fit (MLflow run {self.mlflow_run_id}) failed its blocking gate: {problems}; "
+                "nothing is built on it"
+            )
+        return self
+
+    def require_supported_answer(self) -> CurrentFit:
+        """This fit, or a failure saying that its answer is not supported by its basis (the landscape answer's
+        blocking check: a law optimum needs the law's gate; a best-pilot-regime answer rests on the pilots)."""
+        supported = self.answer.get("supported")
+        if supported is None:  # a fit from before the answer check: its law gate decides
+            return self.require_passed()
+        if not supported.get("passed"):
+            raise dg.Failure(
+                f"the current {self.law} answer (MLflow run {self.mlflow_run_id}) is not supported by its basis: "
+                f"{'; '.join(supported.get('problems') or [])}; nothing is built on it"
+            )
+        return self
+
+    def provenance(self) -> dict[str, object]:
+        return {
+            "law": self.law,
+            "fits_version": self.fits_version,
+            "mlflow_run_id": self.mlflow_run_id,
+            "registered_model": f"models:/{self.registered_model}/{self.model_version}",
+            "gate_passed": self.gate_passed,  # the law's own gate: whether its model was promoted
+            "answer_supported": (self.answer.get("supported") or {}).get("passed", self.gate_passed),
+            "dagster_run_id": self.dagster_run_id,
+        }
+
+
+def current_fit(store: DeltaStore, law: str) -> CurrentFit:
+    """The newest fit of ``law`` (ppl_law | cmr); a clear failure when there is none."""
+    version = store.version(FITS_TABLE)
+    if version is None:
+        raise dg.Failure(f"{FITS_TABLE} does not exist yet: fit the laws first")
+    rows = store.read(FITS_TABLE, version, filters=[("law", "=", law)])
+    if rows.num_rows == 0:
+        raise dg.Failure(f"{FITS_TABLE} v{version} holds no {law} fit: materialize laws/{law} first")
+    dated = rows.filter(pc.is_valid(rows["fitted_at"])) if "fitted_at" in rows.column_names else rows.slice(0, 0)
+    if dated.num_rows == 0:
+        raise dg.Failure(f"the {law} fits in {FITS_TABLE} v{version} predate fitted_at: refit laws/{law}")
+    row = dated.sort_by([("fitted_at", "descending")]).slice(0, 1).to_pylist()[0]
+    parsed = {k: json.loads(row[k]) for k in ("answer", "result", "gate", "input_versions", "config")}
+    return CurrentFit(
+        law=law,
+        fits_version=version,
+        fit_key=row["fit_key"],
+        mlflow_run_id=row["mlflow_run_id"],
+        registered_model=row["registered_model"],
+        model_version=row["model_version"],
+        dagster_run_id=row["dagster_run_id"],
+        **parsed,
+    )

@@ -14,8 +14,10 @@ from dataclasses import fields
 
 import dagster as dg
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field
 
+from assets.corpus import DOCUMENTS_TABLE
 from assets.landscape import REGIMES, REGIMES_TABLE
 from assets.law_publishing import FITS_SCHEMA, FITS_TABLE, FitOutput, Published, publish
 from assets.lineage import delta_metadata, require_version
@@ -25,13 +27,26 @@ from cpt.landscape.regimes import RANDOM
 from cpt.laws.errors import LawFitError
 from cpt.laws.gates import GateResult
 from cpt.laws.reports import CmrSettings, PplSettings, cmr_report, ppl_report
+from cpt.training.pilot_inputs import selection_version
+from spark_jobs.dataset import SELECTION_TABLE
 from spark_jobs.scoring import SCORES_TABLE
 
 PPL_LAW = dg.AssetKey(["laws", "ppl_law"])
 CMR = dg.AssetKey(["laws", "cmr"])
 CHECK_PPL_QUALITY = "ppl_law_fit_quality"
+CHECK_PPL_ANSWER = "landscape_answer_supported"
 CHECK_CMR_QUALITY = "cmr_fit_quality"
-__all__ = ["CHECK_CMR_QUALITY", "CHECK_PPL_QUALITY", "CMR", "FITS_SCHEMA", "FITS_TABLE", "PPL_LAW", "cmr", "ppl_law"]
+__all__ = [
+    "CHECK_CMR_QUALITY",
+    "CHECK_PPL_ANSWER",
+    "CHECK_PPL_QUALITY",
+    "CMR",
+    "FITS_SCHEMA",
+    "FITS_TABLE",
+    "PPL_LAW",
+    "cmr",
+    "ppl_law",
+]
 
 _PPL, _CMR = PplSettings(), CmrSettings()  # the defaults' one home
 
@@ -112,11 +127,18 @@ class CmrConfig(dg.Config):
         dg.AssetCheckSpec(
             CHECK_PPL_QUALITY,
             asset=PPL_LAW,
-            blocking=True,
             description="The law converged, predicts held-out regimes better than the size-only law (the gain's "
             "interval above zero), explains part of the spread within a pilot size, and its held-out error is "
-            "within bound. A failure leaves the registered champion where it was.",
-        )
+            "within bound. A failure leaves the registered champion where it was; it blocks the selection only "
+            "through the answer check, when the answer rests on the law.",
+        ),
+        dg.AssetCheckSpec(
+            CHECK_PPL_ANSWER,
+            asset=PPL_LAW,
+            blocking=True,
+            description="The target landscape is supported by its basis: a law optimum needs the law's gate to pass; "
+            "a best-pilot-regime or size-law answer rests on the observed pilots. Blocks the DOS selection.",
+        ),
     ],
     description="The perplexity-aware data law L(μ, σ, D) on the regime pilots, tested against the size-only law "
     "held out by regime; the optimal landscape over what the domain pool can reach, with its bootstrap spread and "
@@ -153,7 +175,9 @@ def ppl_law(
     )
     published = publish(context, store, mlflow, out, config, config.registered_model, inputs)
     context.log.info(out.summary)
-    return _result(store, mlflow, published, config.registered_model, out, CHECK_PPL_QUALITY, inputs)
+    result = _result(store, mlflow, published, config.registered_model, out, CHECK_PPL_QUALITY, inputs)
+    answer_check = _check(CHECK_PPL_ANSWER, report.answer_gate)
+    return dg.MaterializeResult(metadata=result.metadata, check_results=[*result.check_results, answer_check])
 
 
 @dg.asset(
@@ -182,6 +206,9 @@ def cmr(
     store = delta.store()
     inputs = {MIXTURE_RUNS_TABLE: require_version(store, MIXTURE_RUNS_TABLE)}
     runs = store.read(MIXTURE_RUNS_TABLE, inputs[MIXTURE_RUNS_TABLE])
+    drawn_from = {selection_version(r) for r in runs["regime"].to_pylist()} - {None}
+    if len(drawn_from) == 1:  # the DOS selection the pilots trained on: the dataset must hold the same data
+        inputs[SELECTION_TABLE] = drawn_from.pop()
     settings = _settings(config)
     report = _fitted("the CMR analysis", lambda: cmr_report(runs, MIXTURE_RUNS_TABLE, settings))
     from cpt.laws.plots import cmr_law_png, cmr_trajectories_png  # matplotlib: loaded when a fit is drawn
@@ -227,8 +254,9 @@ def _fitted(what: str, fit: Callable):
 
 
 def _domain_pool(store, regimes_version: int, runs: pa.Table) -> pa.Table:
-    """PPL and token counts of the domain train chunks the regimes (and the dataset) are drawn from, at the scores
-    version, model and window policy the landscape pinned — which the pilots must have trained on."""
+    """PPL and token counts of the domain train chunks the dataset is selected from (no eval document, no document
+    sharing a group with one: the selection's leak-free pool), at the scores version, model and window policy the
+    landscape pinned — which the pilots must have trained on."""
     pins = store.read(REGIMES_TABLE, regimes_version, columns=["scores_version", "model_revision", "policy_hash"])
     if pins.num_rows == 0:
         raise dg.Failure(f"{REGIMES_TABLE} v{regimes_version} is empty: rebuild the landscape")
@@ -245,7 +273,13 @@ def _domain_pool(store, regimes_version: int, runs: pa.Table) -> pa.Table:
         ("model_revision", "=", pin["model_revision"]),
         ("policy_hash", "=", pin["policy_hash"]),
     ]
-    return store.read(SCORES_TABLE, pin["scores_version"], columns=["ppl", "n_tokens"], filters=filters)
+    scores = store.read(SCORES_TABLE, pin["scores_version"], columns=["doc_id", "ppl", "n_tokens"], filters=filters)
+    # the pool DOS will select from: no chunk of an eval document or of a document sharing a group with one
+    docs = store.read(DOCUMENTS_TABLE, columns=["doc_id", "group_id", "split"])
+    eval_docs = docs.filter(pc.equal(docs["split"], "eval"))
+    leaking = pc.is_in(docs["group_id"], eval_docs["group_id"])
+    excluded = pa.concat_arrays([eval_docs["doc_id"].combine_chunks(), docs.filter(leaking)["doc_id"].combine_chunks()])
+    return scores.filter(pc.invert(pc.is_in(scores["doc_id"], excluded)))
 
 
 def _result(store, mlflow, published: Published, name, out: FitOutput, check, inputs, extra=None):

@@ -2,8 +2,9 @@
 
 - ``pilots/regime_runs``, one partition per (regime, size): train the base model on the first ``size`` tokens of a
   candidate regime (``landscape/regimes``) and record μ, σ, D and the domain/general loss curve (paper A).
-- ``pilots/mixture_runs``, one partition per mixture ratio R: train to ``T_max`` tokens on domain chunks interleaved
-  with general replay at ratio R, evaluating both losses along the way (paper B).
+- ``pilots/mixture_runs``, one partition per mixture ratio R: train to ``T_max`` tokens on the first ``R·T_max``
+  tokens of the DOS domain selection (``dataset/domain_selection``: the data the dataset will hold) interleaved with
+  general replay at ratio R, evaluating both losses along the way (paper B).
 
 Each partition is one MLflow run and one curve (one row per evaluation point) in its Delta table; re-running a
 partition replaces its rows. Training steps share the ``cpt_training`` concurrency pool, so a backfill of every
@@ -49,13 +50,16 @@ from cpt.training.pilot_inputs import (
     mixture_draws,
     pinned_scores,
     point_metrics,
+    selection_regime,
     size_budget,
 )
 from cpt.training.schema import PILOT_POINTS_SCHEMA
 from cpt.training.trainer import EvalPoint, TrainConfig, TrainResult, continue_pretraining
+from spark_jobs.dataset import SELECTION_TABLE
 from spark_jobs.scoring import SCORES_TABLE
 
 REGIME_RUNS = dg.AssetKey(["pilots", "regime_runs"])
+DOMAIN_SELECTION = dg.AssetKey(["dataset", "domain_selection"])  # materialized by assets.dataset
 MIXTURE_RUNS = dg.AssetKey(["pilots", "mixture_runs"])
 REGIME_RUNS_TABLE = "pilots/regime_runs"
 MIXTURE_RUNS_TABLE = "pilots/mixture_runs"
@@ -186,14 +190,15 @@ def regime_runs(
 @dg.asset(
     key=MIXTURE_RUNS,
     ins={"base_model": dg.AssetIn(BASE_MODEL)},
-    deps=[REGIMES, ALL_SCORES],
+    deps=[REGIMES, ALL_SCORES, DOMAIN_SELECTION],
     partitions_def=mix_ratio_partitions,
     pool=TRAINING_POOL,
     group_name="pilots",
     kinds={"pytorch", "mlflow", "delta"},
-    code_version="mixture-runs-v2",
-    description="One pilot CPT run per mixture ratio R: domain train chunks interleaved with general replay at R, "
-    "trained to T_max tokens, with domain and general loss trajectories from T = 0.",
+    code_version="mixture-runs-v3",
+    description="One pilot CPT run per mixture ratio R: the first R·T_max tokens of the DOS domain selection (the "
+    "data the dataset will hold) interleaved with general replay at R, trained to T_max tokens, with domain and "
+    "general loss trajectories from T = 0.",
 )
 def mixture_runs(
     context: dg.AssetExecutionContext,
@@ -207,7 +212,8 @@ def mixture_runs(
     with _as_failure():
         settings = config.settings()
         inputs = _PilotInputs.load(store, ModelManifest.from_json(base_model), settings)
-        draws = mixture_draws(inputs.scores, ratio, t_max, settings.seed)
+        selection_version, order = inputs.selection_order()
+        draws = mixture_draws(inputs.scores, ratio, t_max, settings.seed, domain_order=order)
         train_config = settings.train_config(t_max, ratio)
     return _run(
         context,
@@ -215,7 +221,7 @@ def mixture_runs(
         mlflow,
         inputs,
         table=MIXTURE_RUNS_TABLE,
-        regime="mixture",
+        regime=selection_regime(selection_version),
         ratio=ratio,
         train_config=train_config,
         domain_ids=draws.domain.chunk_ids if draws.domain else (),
@@ -263,6 +269,24 @@ class _PilotInputs:
             scores.to_pydict(), scores_version=pin.scores_version, model_revision=manifest.revision, policy=policy
         )
         return cls(store, manifest, settings, pinned, versions)
+
+    def selection_order(self) -> tuple[int, list[str]]:
+        """The current DOS selection's version and chunk ids in step order, drawn from the scores every pilot reads."""
+        version = require_version(self.store, SELECTION_TABLE)
+        rows = self.store.read(
+            SELECTION_TABLE, version, columns=["step", "chunk_id", "scores_version", "model_revision", "policy_hash"]
+        ).sort_by("step")
+        pins = {
+            (r["scores_version"], r["model_revision"], r["policy_hash"]) for r in rows.select([2, 3, 4]).to_pylist()
+        }
+        wanted = (self.versions[SCORES_TABLE], self.manifest.revision, self.settings.policy().policy_hash)
+        if pins != {wanted}:
+            raise PilotInputError(
+                f"{SELECTION_TABLE} v{version} was selected from other scores {sorted(pins)} than the landscape pins "
+                f"{wanted}: rerun laws/ppl_law and the selection"
+            )
+        self.versions[SELECTION_TABLE] = version
+        return version, rows["chunk_id"].to_pylist()
 
     def regime_chunk_ids(self, name: str) -> list[str]:
         version = self.versions[REGIMES_TABLE]

@@ -77,9 +77,10 @@ class CommitInfo:
     config_hash: str
     partition: str | None = None
     input_versions: Mapping[str, int] = field(default_factory=dict)
+    extra: Mapping[str, str] = field(default_factory=dict)  # more ``cptdata.*`` keys (e.g. a dataset's build record)
 
     def custom_metadata(self, commit_id: str) -> dict[str, str]:
-        return {
+        return dict(self.extra) | {
             COMMIT_ID_KEY: commit_id,
             "cptdata.run_id": self.run_id,
             "cptdata.asset_key": self.asset_key,
@@ -221,6 +222,32 @@ class DeltaStore:
         """Commits, newest first, each with its version, operation and custom metadata."""
         return self.table(key).history(limit)
 
+    def restore(self, key: str | Sequence[str], version: int, commit: CommitInfo) -> int:
+        """A new version whose content is that of ``version`` (a build that failed after its commit is undone);
+        returns the new version."""
+        commit_id = uuid.uuid4().hex
+        self.table(key).restore(
+            version, commit_properties=CommitProperties(custom_metadata=commit.custom_metadata(commit_id))
+        )
+        return self._version_of(key, commit_id)
+
+    def commit_metadata(self, key: str | Sequence[str], version: int) -> dict[str, Any]:
+        """The commit entry (operation, custom metadata) that made ``version`` of the table."""
+        # delta-rs lists the newest commits and numbers them down from the loaded snapshot's version (whatever
+        # version was asked for): list from the latest snapshot, and only trust a listing the table did not move in
+        for _ in range(20):
+            dt = self.table(key)
+            if not 0 <= version <= dt.version():
+                raise DeltaStoreError(f"{key} has no version {version} (latest: {dt.version()})")
+            entries = dt.history(dt.version() - version + 1)
+            if len(entries) < dt.version() - version + 1:
+                raise DeltaStoreError(f"the commit of {key} v{version} is no longer in the Delta log (log cleanup)")
+            if self.table(key).version() == dt.version() and int(entries[0]["version"]) == dt.version():
+                entry = entries[-1]
+                if int(entry["version"]) == version:
+                    return entry
+        raise DeltaStoreError(f"the commit of {key} v{version} could not be read (the table kept moving)")
+
     def snapshot(self, key: str | Sequence[str], version: int | None = None) -> Snapshot:
         dt = self.table(key, version)
         return Snapshot(
@@ -329,28 +356,36 @@ class DeltaStore:
         commit: CommitInfo,
         partition_by: Sequence[str] = (),
         replace_partitions: Mapping[str, str] | None = None,
+        replace_all: bool = False,
         app_id: str | None = None,
         app_version: int = 0,
     ) -> int:
         """Commit Parquet files already written inside the table folder as one transaction.
 
-        ``replace_partitions`` turns the append into an overwrite of that partition (every file must belong to it).
+        ``replace_partitions`` turns the append into an overwrite of that partition (every file must belong to it);
+        ``replace_all`` into an overwrite of the whole table (the new version holds exactly these files).
         Retrying is safe: with ``app_id``, a transaction whose (app_id, app_version) already landed is a no-op;
         without it, files the table already holds are not added twice, and a replace whose files are all in the
         table already has happened. Returns the table version that holds the files.
         """
+        if replace_all and replace_partitions is not None:
+            raise DeltaStoreError("replace_all and replace_partitions exclude each other")
+        replacing = replace_all or replace_partitions is not None
         if replace_partitions is not None:
             strangers = [f.path for f in files if dict(f.partition_values) != dict(replace_partitions)]
             if strangers:
                 raise DeltaStoreError(f"files outside the replaced partition {dict(replace_partitions)}: {strangers}")
         table_exists = self.exists(key)
         if table_exists:
-            if self.already_committed(key, app_id, app_version):
-                return self.table(key).version()
+            # one snapshot for the check and the commit: a token another writer advanced after a separate check
+            # would not conflict with a commit built on a newer snapshot (delta-rs does not require it to increase)
             dt = self.table(key)
+            landed = dt.transaction_version(app_id) if app_id is not None else None
+            if landed is not None and landed >= app_version:
+                return dt.version()
             present = {unquote(p) for p in dt.get_add_actions(flatten=True).column("path").to_pylist()}
             new_files = [f for f in files if unquote(f.path) not in present]
-            if replace_partitions is None:
+            if not replacing:
                 files = new_files
                 if not files:
                     return dt.version()
@@ -378,7 +413,7 @@ class DeltaStore:
             filters = [(c, "=", v) for c, v in sorted(replace_partitions.items())] if replace_partitions else None
             dt.create_write_transaction(
                 actions,
-                mode="overwrite" if replace_partitions else "append",
+                mode="overwrite" if replace_partitions or replace_all else "append",
                 schema=_delta_schema(schema),
                 partition_by=list(partition_by) or None,
                 partition_filters=filters,

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import dagster as dg
 
-from assets import corpus, landscape, laws, models, pilots, scores
+from assets import corpus, dataset, landscape, laws, models, pilots, scores
 from orchestration.jobs import ALL_JOBS
 from orchestration.profiles import Profile, load_profile
 from orchestration.schedules import daily_corpus_build
@@ -19,8 +19,8 @@ def build_definitions(env: Mapping[str, str], profile: Profile | None = None) ->
     naming it); ``profile``: one already loaded from ``env``. Secrets reach the resources only as ``dg.EnvVar``."""
     profile = profile or load_profile(env)
     return dg.Definitions(
-        assets=dg.load_assets_from_modules([corpus, models, scores, landscape, pilots, laws]),
-        asset_checks=dg.load_asset_checks_from_modules([corpus, models, scores, landscape, pilots, laws]),
+        assets=dg.load_assets_from_modules([corpus, models, scores, landscape, pilots, laws, dataset]),
+        asset_checks=dg.load_asset_checks_from_modules([corpus, models, scores, landscape, pilots, laws, dataset]),
         jobs=ALL_JOBS,
         schedules=[daily_corpus_build],
         sensors=[corpus_landing_sensor],

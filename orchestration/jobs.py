@@ -1,4 +1,5 @@
-"""Jobs: the per-source ingestion job (what the sensor and schedule launch) and the whole graph."""
+"""Jobs: the per-source ingestion job (what the sensor and schedule launch) and one job per stage of the graph, in
+the order the main job runs them: … regime pilots → PPL law → selection → mixture pilots → CMR → dataset."""
 
 import dagster as dg
 
@@ -44,6 +45,25 @@ fit_laws_job = dg.define_asset_job(
     description="Fit both scaling laws on the pilot tables; record and register them in MLflow.",
 )
 
+select_domain_data_job = dg.define_asset_job(
+    "select_domain_data",
+    selection=dg.AssetSelection.assets(["laws", "ppl_law"], ["dataset", "domain_selection"]),
+    description="Fit the perplexity-aware law on the regime pilots, then select domain chunks toward its target "
+    "landscape by DOS (the law's blocking gate stops the selection).",
+)
+
+fit_cmr_job = dg.define_asset_job(
+    "fit_cmr",
+    selection=dg.AssetSelection.assets(["laws", "cmr"]),
+    description="Fit the CMR analysis on the mixture pilots (trained on the DOS selection).",
+)
+
+build_dataset_job = dg.define_asset_job(
+    "build_dataset",
+    selection=dg.AssetSelection.assets(["dataset", "cpt_mixture"]),
+    description="Build the CPT dataset at the CMR answer: DOS domain chunks + general replay, checked and exported.",
+)
+
 ALL_JOBS = [
     ingest_corpus_job,
     base_model_job,
@@ -52,4 +72,7 @@ ALL_JOBS = [
     regime_pilots_job,
     mixture_pilots_job,
     fit_laws_job,
+    select_domain_data_job,
+    fit_cmr_job,
+    build_dataset_job,
 ]

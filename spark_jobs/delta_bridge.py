@@ -81,10 +81,12 @@ def write_to_delta(
     commit: CommitInfo,
     partition_by: Sequence[str] = (),
     replace_partitions: Mapping[str, str] | None = None,
+    replace_all: bool = False,
     app_id: str | None = None,
     app_version: int = 0,
 ) -> int:
-    """Write ``df`` into the Delta table ``key`` as one commit; returns the version that holds it."""
+    """Write ``df`` into the Delta table ``key`` as one commit (``replace_all``: the new version holds only these
+    rows); returns the version that holds it."""
     from pyspark.sql.pandas.types import to_arrow_schema
 
     if store.already_committed(key, app_id, app_version):
@@ -99,6 +101,7 @@ def write_to_delta(
             commit=commit,
             partition_by=partition_by,
             replace_partitions=replace_partitions,
+            replace_all=replace_all,
             app_id=app_id,
             app_version=app_version,
         )

@@ -1,4 +1,5 @@
-"""The blocking quality gates of the two laws, as pure rules: what must hold before a fit is promoted.
+"""The quality gates of the two laws, as pure rules: what must hold before a fit is promoted, and before its answer is
+acted on.
 
 A gate that cannot fail is no gate. The perplexity-aware law's gate is the null comparison: the law must predict
 held-out regimes better than the size-only law and explain something within a pilot size; a bound on its held-out
@@ -15,7 +16,7 @@ from cpt.laws._common import json_number
 from cpt.laws.cmr.analysis import CmrAnalysis
 from cpt.laws.cmr.answer import CmrAnswer
 from cpt.laws.cmr.heldout import HeldOutError
-from cpt.laws.ppl.answer import NullComparison
+from cpt.laws.ppl.answer import LandscapeAnswer, NullComparison
 from cpt.laws.ppl.law import PplLawFit
 
 
@@ -67,6 +68,20 @@ def ppl_law_gate(fit: PplLawFit, comparison: NullComparison, mean_loss: float, g
         "converged": fit.converged,
     }
     return GateResult(not problems, tuple(problems), values)
+
+
+def landscape_answer_gate(answer: LandscapeAnswer, law_gate: GateResult) -> GateResult:
+    """Whether the target landscape a selection would act on is supported by the evidence of its basis.
+
+    The law's own gate decides whether the law is promoted and served; the answer needs it only when it rests on the
+    law (``law optimum``). A ``best pilot regime`` or ``size law`` answer rests on observed pilots — the law is not
+    trusted to rank landscapes, and the answer says so — and must still be a usable (μ, σ)."""
+    problems = []
+    if not (math.isfinite(answer.mu) and math.isfinite(answer.sigma) and answer.mu > 0 and answer.sigma > 0):
+        problems.append(f"the target landscape (μ {answer.mu}, σ {answer.sigma}) is not a positive finite point")
+    if answer.basis == "law optimum" and not law_gate.passed:
+        problems.append(f"it rests on the law, whose gate failed: {'; '.join(law_gate.problems)}")
+    return GateResult(not problems, tuple(problems), {"basis": answer.basis, "law_gate_passed": law_gate.passed})
 
 
 @dataclass(frozen=True)

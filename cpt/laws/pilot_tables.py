@@ -114,6 +114,11 @@ class MixtureData:
 def mixture_trajectories(table: pa.Table, name: str, eval_loss: EvalLoss) -> MixtureData:
     """``{R: (T, L_dom, L_gen)}`` per mixture run, the losses before CPT and ``T_max``."""
     table = check_comparable(table, name)
+    domain_data = set(table["regime"].to_pylist())
+    if len(domain_data) != 1:
+        raise PilotTableError(
+            f"{name} mixes runs trained on different domain data ({sorted(map(str, domain_data))}): rerun all ratios"
+        )
     budgets = set(table["size_tokens"].to_pylist())
     if len(budgets) != 1:
         raise PilotTableError(f"{name} mixes runs to different T_max {sorted(budgets)}: rerun all ratios")

@@ -74,6 +74,12 @@ def ppl_surface_png(report: PplReport) -> bytes:
     fig.colorbar(contour, ax=ax, label=f"predicted loss at D = {optimum.D_ref:,.0f} tokens")
     hull = np.vstack([region.trust.vertices, region.trust.vertices[:1]])
     ax.plot(hull[:, 0], hull[:, 1], color="white", lw=0.8, ls=":", label="pilot hull (trust region)")
+    if region.reachable is not None:  # what DOS can reach from the pool at the selection size
+        reach = region.reachable
+        ax.plot(
+            reach.mu, reach.sigma_lo, color="cyan", lw=0.9, ls="--", label=f"reachable by DOS ({reach.count} chunks)"
+        )
+        ax.plot(reach.mu, reach.sigma_hi, color="cyan", lw=0.9, ls="--")
     ax.plot(grid.mu, grid.sigma[:, 0], color="white", lw=1.2, label="search region (reachable ∩ trust region)")
     ax.plot(grid.mu, grid.sigma[:, -1], color="white", lw=1.2)
     if optimum.loss_ci is not None:

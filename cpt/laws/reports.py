@@ -16,7 +16,7 @@ from cpt.laws.cmr.analysis import CmrAnalysis, CmrOptions, analyse_cmr
 from cpt.laws.cmr.answer import CmrAnswer
 from cpt.laws.cmr.heldout import HeldOutError, trajectory_heldout_error
 from cpt.laws.errors import DegenerateData, LawFitError
-from cpt.laws.gates import CmrGate, GateResult, PplGate, cmr_gate, ppl_law_gate
+from cpt.laws.gates import CmrGate, GateResult, PplGate, cmr_gate, landscape_answer_gate, ppl_law_gate
 from cpt.laws.pilot_tables import EvalAggregate, EvalLoss, MixtureData, mixture_trajectories, regime_observations
 from cpt.laws.ppl.answer import AnswerRules, LandscapeAnswer, NullComparison, compare_with_size_law, landscape_answer
 from cpt.laws.ppl.law import PplLawFit, PplLawOptions, PplObservations, fit_ppl_law
@@ -74,7 +74,8 @@ class PplReport:
     region: SearchRegion
     optimum: PplOptimum
     answer: LandscapeAnswer
-    gate: GateResult
+    gate: GateResult  # the law's: promotion of the registered model
+    answer_gate: GateResult  # the answer's: what the selection may act on
 
     def to_json(self) -> dict[str, object]:
         reachable = self.region.reachable
@@ -111,7 +112,7 @@ class PplReport:
         return tuple(out)
 
     def answer_json(self) -> dict[str, object]:
-        return self.answer.to_json() | {"caveats": list(self.caveats())}
+        return self.answer.to_json() | {"caveats": list(self.caveats()), "supported": self.answer_gate.to_json()}
 
     def summary(self) -> str:
         o, level = self.optimum, self.settings.ci_level
@@ -166,7 +167,8 @@ def ppl_report(
     optimum = ppl_optimum(fit.params, region, float(obs.sizes.max()), fit.draws, settings.ci_level)
     answer = landscape_answer(obs, fit, comparison, optimum, rules, random_regime)
     gate = ppl_law_gate(fit, comparison, float(np.mean(obs.loss)), settings.gate())
-    return PplReport(settings, obs, fit, size_fit, comparison, region, optimum, answer, gate)
+    answer_gate = landscape_answer_gate(answer, gate)
+    return PplReport(settings, obs, fit, size_fit, comparison, region, optimum, answer, gate, answer_gate)
 
 
 def _reachable(pool_ppl: np.ndarray, pool_tokens: np.ndarray, settings: PplSettings, largest_pilot: float):

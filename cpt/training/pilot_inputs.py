@@ -6,7 +6,8 @@ The pilot assets (``assets/pilots.py``) only read and write; everything they dec
   defaults, the one place the Dagster run config takes them from;
 - :func:`check_landscape_pins` / :func:`pinned_scores`: every pilot reads the scores version, model revision and
   window policy that ``landscape/regimes`` was built on, or fails with a :class:`PilotInputError`;
-- :func:`select_pool`, :func:`draw_chunks`, :func:`mixture_draws`: the training chunks of a token budget;
+- :func:`select_pool`, :func:`draw_chunks`, :func:`selection_prefix`, :func:`mixture_draws`: the training chunks of
+  a token budget;
 - :func:`resolve_eval_sources`, :func:`draw_held_out`: which sources the held-out set of a role comes from, and the
   seeded draw of ``eval_tokens`` tokens from them;
 - :func:`eval_spread`: how spread out the held-out chunks' losses are (a few outlier chunks can move a mean);
@@ -25,7 +26,7 @@ from typing import Literal
 import numpy as np
 
 from cpt.corpus.ingest import EVAL, TRAIN
-from cpt.landscape.regimes import RegimeDraw, SubsetStats, regime_tokens_prefix
+from cpt.landscape.regimes import RegimeDraw, SubsetStats, regime_tokens_prefix, subset_stats
 from cpt.scoring.windows import WindowPolicy
 from cpt.training.schema import PILOT_POINTS_SCHEMA
 from cpt.training.trainer import EvalPoint, TrainConfig, TrainResult
@@ -230,11 +231,57 @@ class MixtureDraws:
     general: RegimeDraw | None  # None at R = 1
 
 
-def mixture_draws(scores: PinnedScores, ratio: float, t_max: int, seed: int) -> MixtureDraws:
-    """Domain and general train chunks of a mixture run: R·T_max and (1 − R)·T_max tokens of each train pool."""
-    domain = (
-        draw_chunks(scores, select_pool(scores, "domain", TRAIN), round(ratio * t_max), seed) if ratio > 0 else None
-    )
+SELECTION_REGIME_PREFIX = "dos-selection@v"  # the regime column of a mixture run trained on a DOS selection
+
+
+def selection_regime(version: int) -> str:
+    """The ``regime`` a mixture run records when its domain tokens come from selection ``version``."""
+    return f"{SELECTION_REGIME_PREFIX}{version}"
+
+
+def selection_version(regime: str) -> int | None:
+    """The selection version a mixture run's ``regime`` names (None: a random draw of the domain pool)."""
+    return int(regime.removeprefix(SELECTION_REGIME_PREFIX)) if regime.startswith(SELECTION_REGIME_PREFIX) else None
+
+
+def selection_prefix(scores: PinnedScores, ordered_ids: Sequence[str], budget: int) -> RegimeDraw:
+    """The first chunks of a distance-to-optimum selection (in greedy step order) that hold ``budget`` tokens: the
+    selection at that budget (a prefix of the greedy order is the greedy choice at a smaller budget)."""
+    missing = [c for c in ordered_ids if c not in scores.index]
+    if missing:
+        raise PilotInputError(
+            f"{len(missing)} selected chunks are not in the pinned scores (e.g. {missing[:3]}): rerun the selection"
+        )
+    chosen, tokens = [], 0
+    for chunk_id in ordered_ids:
+        if tokens >= budget:
+            break
+        chosen.append(chunk_id)
+        tokens += int(scores.n_tokens[scores.index[chunk_id]])
+    if tokens < budget:
+        raise PilotInputError(
+            f"the domain selection holds {tokens:,} tokens, fewer than the {budget:,} this run needs: raise "
+            "dataset/domain_selection's budget_tokens"
+        )
+    rows = [scores.index[c] for c in chosen]
+    stats = subset_stats([scores.ppl[i] for i in rows], [scores.n_tokens[i] for i in rows])
+    return RegimeDraw(budget=budget, seed=0, chunk_ids=tuple(chosen), stats=stats)
+
+
+def mixture_draws(
+    scores: PinnedScores, ratio: float, t_max: int, seed: int, domain_order: Sequence[str] | None = None
+) -> MixtureDraws:
+    """Domain and general train chunks of a mixture run: R·T_max and (1 − R)·T_max tokens. The domain tokens are
+    the prefix of ``domain_order`` (the DOS selection: the CMR is then measured on the data the dataset will hold),
+    or, without one, a seeded draw of the domain train pool."""
+    domain = None
+    if ratio > 0:
+        budget = round(ratio * t_max)
+        domain = (
+            selection_prefix(scores, domain_order, budget)
+            if domain_order is not None
+            else draw_chunks(scores, select_pool(scores, "domain", TRAIN), budget, seed)
+        )
     general = (
         draw_chunks(scores, select_pool(scores, "general", TRAIN), round((1 - ratio) * t_max), seed)
         if ratio < 1

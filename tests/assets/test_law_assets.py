@@ -16,14 +16,23 @@ import pytest
 
 from assets.landscape import REGIMES_TABLE
 from assets.law_publishing import CHAMPION
-from assets.laws import CHECK_CMR_QUALITY, CHECK_PPL_QUALITY, FITS_TABLE, CmrConfig, PplLawConfig, cmr, ppl_law
+from assets.laws import (
+    CHECK_CMR_QUALITY,
+    CHECK_PPL_ANSWER,
+    CHECK_PPL_QUALITY,
+    FITS_TABLE,
+    CmrConfig,
+    PplLawConfig,
+    cmr,
+    ppl_law,
+)
 from assets.pilots import MIXTURE_RUNS_TABLE, REGIME_RUNS_TABLE
 from assets.resources import DeltaStoreResource, MlflowResource
 from cpt.delta_store import CommitInfo, DeltaStore
 from cpt.laws.ppl.law import g
 from cpt.laws.reports import CmrSettings, PplSettings
 from cpt.training.schema import PILOT_POINTS_SCHEMA
-from spark_jobs.scoring import SCORES_TABLE
+from spark_jobs.scoring import DOCUMENTS_TABLE, SCORES_TABLE
 from tests.cpt.test_cmr_law import RATIOS, TOKENS, true_curves
 from tests.cpt.test_ppl_law import MU, SIGMA, TRUE, D
 
@@ -75,8 +84,11 @@ def landscape_tables(store: DeltaStore) -> None:
     ppl = np.geomspace(2.0, 60.0, 3000)
     pool = {"ppl": ppl, "n_tokens": np.full(ppl.size, 1_000_000, dtype=np.int64)}
     labels = {"role": "domain", "split": "train", "model_revision": "m", "policy_hash": "p"}
-    table = pa.table(pool | {k: [v] * ppl.size for k, v in labels.items()})
+    doc_ids = [f"d{i}" for i in range(ppl.size)]
+    table = pa.table(pool | {"doc_id": doc_ids} | {k: [v] * ppl.size for k, v in labels.items()})
     store.overwrite(SCORES_TABLE, table, COMMIT, predicate=None)
+    docs = {"doc_id": doc_ids, "group_id": doc_ids, "split": ["train"] * ppl.size}
+    store.overwrite(DOCUMENTS_TABLE, pa.table(docs), COMMIT, predicate=None)
 
 
 @pytest.fixture
@@ -110,7 +122,7 @@ def test_both_laws_answer_register_promote_and_serve(setup):
     result = dg.materialize([ppl_law, cmr], resources=resources, run_config=config)
 
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
-    assert checks == {CHECK_PPL_QUALITY: True, CHECK_CMR_QUALITY: True}
+    assert checks == {CHECK_PPL_QUALITY: True, CHECK_PPL_ANSWER: True, CHECK_CMR_QUALITY: True}
     ppl_meta = meta(result, "laws__ppl_law")
     assert ppl_meta["basis"] == "law optimum" and ppl_meta["promoted"] is True
     target = ppl_meta["answer_detail"]
@@ -163,8 +175,10 @@ def test_a_failed_gate_is_registered_but_leaves_the_champion_where_it_was(setup)
 
     result = dg.materialize([ppl_law], resources=resources, run_config=run_config, raise_on_error=False)
 
-    (check,) = result.get_asset_check_evaluations()
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    check = checks[CHECK_PPL_QUALITY]
     assert not check.passed and "does not beat the size-only law" in check.description
+    assert checks[CHECK_PPL_ANSWER].passed  # the answer (the pool's own landscape) rests on the pilots, not the law
     answer = meta(result, "laws__ppl_law")
     assert answer["basis"] == "size law" and answer["promoted"] is False
     assert "no measurable effect" in answer["answer"]

@@ -14,12 +14,14 @@ import pyarrow.compute as pc
 import pytest
 
 from assets.landscape import REGIMES_TABLE
-from assets.pilots import MIXTURE_RUNS_TABLE, REGIME_RUNS_TABLE
+from assets.pilots import DOMAIN_SELECTION, MIXTURE_RUNS_TABLE, REGIME_RUNS_TABLE
 from cpt.delta_store import DeltaStore
 from cpt.landscape.regimes import regime_tokens_prefix
 from orchestration.cli import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from orchestration.definitions import build_definitions
+from spark_jobs.dataset import SELECTION_TABLE
 from spark_jobs.scoring import SCORES_TABLE
+from tests.assets.fits_rows import write_ppl_fit
 
 pytestmark = pytest.mark.spark
 
@@ -31,6 +33,7 @@ RUN_CONFIG = {
         "landscape__regimes": {"config": {"min_tokens": 900}},
         "pilots__regime_runs": {"config": PILOT | {"size_tokens": {"small": 300, "large": 900}}},
         "pilots__mixture_runs": {"config": PILOT | {"t_max_tokens": 800, "evals": 4}},
+        "dataset__domain_selection": {"config": {"budget_tokens": 1600}},
     }
 }
 
@@ -83,7 +86,18 @@ def graph(tmp_path_factory, corpora_dir):
         tags = {ASSET_PARTITION_RANGE_START_TAG: names[0], ASSET_PARTITION_RANGE_END_TAG: names[-1]}
         run(defs, "score_corpus", instance, tags=tags)
         run(defs, "landscape", instance)
-        yield defs, instance, DeltaStore(str(tmp / "home" / "delta")), env
+        store = DeltaStore(str(tmp / "home" / "delta"))
+        select_toward_the_pool_median(defs, instance, store)
+        yield defs, instance, store, env
+
+
+def select_toward_the_pool_median(defs, instance, store) -> None:
+    """A PPL-law fit row whose target is the domain pool's median PPL with half its spread, and the DOS selection
+    toward it: what the mixture pilots draw their domain tokens from."""
+    scores = store.read(SCORES_TABLE, filters=[("role", "=", "domain"), ("split", "=", "train")])
+    ppl = scores["ppl"].to_numpy()
+    write_ppl_fit(store, float(np.median(ppl)), float(ppl.std() / 2), store.version(REGIMES_TABLE))
+    run(defs, "select_domain_data", instance, asset_selection=[DOMAIN_SELECTION])
 
 
 def final_meta(result):
@@ -172,6 +186,13 @@ def test_mixture_runs_hold_their_ratio_and_share_the_t0_point(graph):
     final = rows.filter(rows["is_final"])
     by_ratio = {r["partition"]: r for r in final.to_pylist()}
     assert by_ratio["0"]["domain_tokens"] == 0
+    # the domain tokens are the DOS selection's first steps: the chunks the dataset will hold at this budget
+    selection = store.read(SELECTION_TABLE).sort_by("step")
+    assert set(rows["regime"].to_pylist()) == {f"dos-selection@v{store.version(SELECTION_TABLE)}"}
+    needed = round(800 / 3)
+    steps = int(np.searchsorted(selection["cumulative_tokens"].to_numpy(), needed)) + 1
+    assert by_ratio["1/3"]["train_chunks"] == steps
+    assert by_ratio["1/3"]["mu"] == pytest.approx(selection["ppl"].to_numpy()[:steps].mean())
     share = by_ratio["1/3"]["domain_tokens"] / by_ratio["1/3"]["tokens"]
     assert share == pytest.approx(1 / 3, abs=0.1)  # within a chunk or two of the ratio at this tiny budget
     start = rows.filter(pc.equal(rows["tokens"], 0))

@@ -193,3 +193,21 @@ def test_trust_region_is_the_pilots_hull_not_their_bounding_box():
     assert inside_lo[0] - 1e-9 <= opt.sigma <= inside_hi[0] + 1e-9 and opt.on_boundary
     wider = TrustRegion.around(mu, sigma, margin=0.5)
     assert wider.mu_range[1] > 40.0 and wider.mu_range[0] >= 5.0  # widened, never below half the smallest pilot
+
+
+def test_the_answer_check_fails_a_law_optimum_whose_law_failed_its_gate_but_not_an_observed_answer():
+    from cpt.laws.gates import GateResult, landscape_answer_gate
+    from cpt.laws.ppl.answer import LandscapeAnswer, PilotPoint
+
+    best = PilotPoint("r1", "window", 500.0, 60.0, 48_000.0, 5.9)
+    failed_law = GateResult(False, ("within-size held-out R² -0.17 is not above 0",))
+
+    def answer(basis, mu=500.0, sigma=60.0):
+        return LandscapeAnswer(basis, mu, sigma, (), (), best, None, False)
+
+    refused = landscape_answer_gate(answer("law optimum"), failed_law)
+    assert not refused.passed and "rests on the law, whose gate failed: within-size" in refused.problems[0]
+    assert landscape_answer_gate(answer("law optimum"), GateResult(True, ())).passed
+    assert landscape_answer_gate(answer("best pilot regime"), failed_law).passed
+    assert landscape_answer_gate(answer("size law"), failed_law).passed
+    assert not landscape_answer_gate(answer("best pilot regime", sigma=float("nan")), failed_law).passed
