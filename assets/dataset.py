@@ -6,10 +6,12 @@
 - ``dataset/cpt_mixture``: for a budget ``T_target``, the first ``R·T_target`` domain tokens of the selection and a
   seeded draw of ``(1 − R)·T_target`` general replay tokens, interleaved, at the CMR answer ``R`` of the current
   ``laws/cmr`` fit. Each build replaces the table (version N = build N; older builds by time travel) and commits a
-  build record (answers, bases, fits, versions) with it; blocking checks run on the rows read back; only a build
-  whose checks pass is exported (token-id and text shards with ``manifest.json``, :mod:`cpt.dataset.exports`).
+  build record (answers, bases, fits, versions) with it. The blocking checks run on the planned rows (a failure
+  writes nothing) and on the rows read back; only a build whose checks pass is exported (token-id and text shards
+  with ``manifest.json``, :mod:`cpt.dataset.exports`); a build that fails after its commit is undone.
 
-Nothing is built on a fit whose blocking gate failed, nor on a selection or CMR that is stale against the other.
+Nothing is built on a CMR fit whose gate failed, on a landscape answer its basis does not support, nor on a
+selection or CMR that is stale against the other.
 """
 
 import json
@@ -369,8 +371,12 @@ def _require_passed(outcomes, what: str, previous: int | None) -> None:
 
 
 def _undo(store: DeltaStore, version: int, previous: int | None, commit, log) -> None:
-    """Put the table back to its last good build (or empty it when there was none)."""
+    """Put the table back to its last good build (or empty it when there was none) — unless another build has
+    committed since ours: then ours is not the latest, and undoing would discard that build."""
     try:
+        if store.version(DATASET_TABLE) != version:
+            log.warning(f"{DATASET_TABLE} moved past the failed v{version}: left as it is")
+            return
         if previous is None:
             store.overwrite(DATASET_TABLE, store.read(DATASET_TABLE, version).slice(0, 0), commit, predicate=None)
         else:  # the restoring commit carries the restored build's record, so that version exports as it did
