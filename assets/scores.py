@@ -50,7 +50,7 @@ class ScoringConfig(dg.Config):
         None, description="padded tokens per forward pass (default 4096 on CPU, 65536 on GPU; halved on GPU OOM)"
     )
     num_partitions: int | None = Field(None, description="Spark partitions; default: 8 × the session's parallelism")
-    ship_model: bool = Field(False, description="send the model folder to executors with SparkContext.addFile")
+    ship_model: bool = Field(False, description="send the model folder to executors as a zip (SparkContext.addArchive)")
     orphan_min_age_seconds: float = Field(
         3600.0,
         ge=0,

@@ -183,3 +183,48 @@ def run_landscape_job(
         for group, parts in sorted(per_role.items())
     ]
     return LandscapeJobResult(snapshot, revision, policy, (*per_source, *overall), time.perf_counter() - start)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``landscape.py job.json`` (for ``spark-submit``): {"delta_root": ..., "storage_options": {...}, "spark":
+    {SparkSettings fields}, "job": {"scores_version": N, "edges_version": "log10-v1", "model_revision": null,
+    "policy_hash": null}}. Prints the result as JSON: the snapshot read and every partial."""
+    import json
+    import sys
+
+    from cpt.landscape.histogram import bin_edges
+    from spark_jobs.session import SparkSettings, build_session
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1:
+        print(main.__doc__, file=sys.stderr)
+        return 2
+    with open(args[0]) as fh:
+        config = json.load(fh)
+    job = config["job"]
+    store = DeltaStore(config["delta_root"], config.get("storage_options"))
+    spark = build_session(SparkSettings(**config.get("spark", {})))
+    result = run_landscape_job(
+        spark,
+        store,
+        job["scores_version"],
+        bin_edges(job.get("edges_version", "log10-v1")),
+        model_revision=job.get("model_revision"),
+        policy_hash=job.get("policy_hash"),
+    )
+    partials = [dataclasses.asdict(p) | {"group": dataclasses.asdict(p.group)} for p in result.partials]
+    summary = {
+        "scores_version": result.scores_version,
+        "model_revision": result.model_revision,
+        "policy_hash": result.policy_hash,
+        "seconds": result.seconds,
+        "partials": partials,
+    }
+    print(json.dumps(summary, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyarrow.compute as pc
@@ -42,7 +43,7 @@ from cpt.scoring.schema import SCORES_SCHEMA
 from cpt.scoring.windows import WindowPolicy
 from spark_jobs.delta_bridge import read_snapshot, write_unique_to_delta
 from spark_jobs.scoring_worker import ScoreDocuments
-from spark_jobs.session import SparkSettings, build_session
+from spark_jobs.session import SparkSettings, build_session, default_parallelism, is_connect
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -63,7 +64,7 @@ class ScoringJobSpec:
     max_batch_tokens: int | None = None  # None: the scorer's default for the device
     num_partitions: int | None = None  # default: 8 × the session parallelism
     torch_threads: int | None = None  # per task; default: cores / parallelism
-    ship_model: bool = False  # send the model folder with SparkContext.addFile instead of assuming a shared path
+    ship_model: bool = False  # send the model folder as an archive (addArchive) instead of assuming a shared path
     code_version: str = "scoring-v1"
     config_hash: str = ""
     # orphaned files (of killed runs) younger than this are kept; 0: remove every orphan whose writer is gone
@@ -122,12 +123,16 @@ def run_scoring_job(
             spec.documents_version, considered, 0, 0, 0, time.perf_counter() - start, None, **cleanup
         )
 
-    parallelism = spark.sparkContext.defaultParallelism
+    parallelism = default_parallelism(spark)
     partitions = spec.num_partitions or 8 * parallelism  # several tasks per core: a short tail, visible progress
     model_path = spec.model_path
     if spec.ship_model:
-        spark.sparkContext.addFile(spec.model_path, recursive=True)
-        model_path = os.path.basename(spec.model_path.rstrip("/"))
+        if is_connect(spark):
+            raise ValueError(
+                "ship_model needs a SparkContext, which a Spark Connect session does not have: put the model folder "
+                "on a path every executor reads (a shared file system) and score with ship_model off"
+            )
+        model_path = _ship_folder(spark, spec.model_path, spec.model_revision)
     scorer = ScoreDocuments(
         model_path=model_path,
         model_revision=spec.model_revision,
@@ -177,6 +182,20 @@ def run_scoring_job(
     )
 
 
+def _ship_folder(spark: SparkSession, folder: str, revision: str) -> str:
+    """Send a model folder to every executor as a zip archive (Spark unpacks it beside each executor; a cluster
+    cannot take a local folder with ``addFile``); returns the name ``SparkFiles.get`` resolves to the unpacked
+    folder."""
+    import shutil
+    import tempfile
+
+    name = f"cptdata-model-{revision}"
+    staging = Path(tempfile.mkdtemp(prefix="cptdata-ship-"))
+    archive = shutil.make_archive(str(staging / name), "zip", root_dir=folder)
+    spark.sparkContext.addArchive(archive)
+    return os.path.basename(archive)
+
+
 def _clean_orphans(store: DeltaStore, spec: ScoringJobSpec, report: Callable[[str], None] | None) -> dict:
     """Remove the scores table's orphaned files (see the module docstring); the counts for the result."""
     try:
@@ -210,6 +229,11 @@ class _StageProgress:
         self.done.set()
 
     def _poll(self) -> None:
+        if is_connect(self.spark):  # no status tracker on this side: say that the job runs, and how long
+            start = time.perf_counter()
+            while not self.done.wait(self.every):
+                self.report(f"{self.label}: {time.perf_counter() - start:.0f} s (through Spark Connect)")
+            return
         tracker = self.spark.sparkContext.statusTracker()
         start = time.perf_counter()
         while not self.done.wait(self.every):

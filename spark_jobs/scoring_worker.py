@@ -47,7 +47,7 @@ def _task_device() -> str:
 class ScoreDocuments:
     """A ``mapInArrow`` function: rows (doc_id, source, role, split, text) → rows of ``SCORES_SCHEMA``."""
 
-    model_path: str  # a folder on every worker, or (shipped=True) the name of a folder added with SparkContext.addFile
+    model_path: str  # a folder on every worker, or (shipped=True) the name of a zip added with SparkContext.addArchive
     model_revision: str
     policy: WindowPolicy
     run_id: str

@@ -45,10 +45,10 @@ def session_conf(settings: SparkSettings) -> dict[str, str]:
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(settings.arrow_batch_rows),
         "spark.sql.shuffle.partitions": str(settings.shuffle_partitions),
         "spark.sql.session.timeZone": "UTC",
-        "spark.ui.enabled": str(settings.ui_enabled).lower(),
-        "spark.ui.showConsoleProgress": "false",
     }
-    if settings.connect_url is None:
+    if settings.connect_url is None:  # the UI is the server's business under Spark Connect
+        conf["spark.ui.enabled"] = str(settings.ui_enabled).lower()
+        conf["spark.ui.showConsoleProgress"] = "false"
         conf["spark.master"] = settings.master
         conf["spark.driver.memory"] = settings.driver_memory
     if settings.is_local:
@@ -67,6 +67,20 @@ def session_conf(settings: SparkSettings) -> dict[str, str]:
     return conf
 
 
+def is_connect(spark: SparkSession) -> bool:
+    """Whether ``spark`` is a Spark Connect client session (no SparkContext, no JVM on this side)."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+def default_parallelism(spark: SparkSession) -> int:
+    """How many tasks the cluster runs at once: the SparkContext's figure, or through Spark Connect (no
+    SparkContext) the server's ``spark.default.parallelism``, else its shuffle partitions."""
+    if not is_connect(spark):
+        return spark.sparkContext.defaultParallelism
+    value = spark.conf.get("spark.default.parallelism", None) or spark.conf.get("spark.sql.shuffle.partitions")
+    return max(1, int(value))
+
+
 def build_session(settings: SparkSettings) -> SparkSession:
     """Get or create the session for these settings."""
     from pyspark.sql import SparkSession
@@ -75,9 +89,14 @@ def build_session(settings: SparkSettings) -> SparkSession:
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         os.environ["PYSPARK_PYTHON"] = sys.executable
         os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    conf = session_conf(settings)
+    if settings.connect_url is None and "spark.pyspark.python" in conf:
+        # PySpark tells the executors which interpreter to start from this variable (a cluster's executors must
+        # have that interpreter, with this project installed, at the same path)
+        os.environ["PYSPARK_PYTHON"] = conf["spark.pyspark.python"]
     builder = SparkSession.builder
     if settings.connect_url is not None:
         builder = builder.remote(settings.connect_url)
-    for key, value in session_conf(settings).items():
+    for key, value in conf.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()

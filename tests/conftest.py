@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,17 @@ def commit() -> CommitInfo:
 def spark():
     from spark_jobs.session import SparkSettings, build_session
 
-    session = build_session(SparkSettings(master="local[2]", shuffle_partitions=2, app_name="cptdata-tests"))
+    # the same tests against a Spark standalone master or through a Spark Connect server (tests/cluster starts them)
+    remote = os.environ.get("CPTDATA_TEST_SPARK_CONNECT")
+    master = os.environ.get("CPTDATA_TEST_SPARK_MASTER", "local[2]")
+    on_loopback = {"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"}
+    executors = {"spark.pyspark.python": sys.executable, "spark.executor.memory": "1g"}  # this venv on the workers
+    extra = on_loopback | executors if master.startswith("spark://") else {}
+    session = build_session(
+        SparkSettings(
+            master=master, connect_url=remote, shuffle_partitions=2, app_name="cptdata-tests", extra_conf=extra
+        )
+    )
     yield session
     session.stop()
 

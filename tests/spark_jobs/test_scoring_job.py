@@ -1,6 +1,7 @@
 """The Spark scoring job equals in-process scoring, and is incremental."""
 
 import json
+import os
 from datetime import UTC, datetime
 
 import pyarrow.compute as pc
@@ -13,6 +14,7 @@ from cpt.models.base_model import load_model, resolve_local
 from cpt.scoring.scorer import ChunkScorer
 from cpt.scoring.windows import WindowPolicy, chunk_documents
 from spark_jobs.scoring import DOCUMENTS_TABLE, SCORES_TABLE, ScoringJobSpec, run_scoring_job
+from spark_jobs.session import is_connect
 
 pytestmark = pytest.mark.spark
 
@@ -74,8 +76,11 @@ def test_spark_scores_equal_in_process_scores_and_reruns_are_incremental(
     assert store.version(SCORES_TABLE) == first.scores_version  # and no commit
 
     v2 = add_source(store, commit, tmp_path, "beta", ["beta " + t for t in long_texts[:3]])
+    shipped = not is_connect(spark)  # a Spark Connect session has no SparkContext to ship files with
     added = run_scoring_job(
-        spark, store, ScoringJobSpec(**{**vars(spec), "run_id": "run-c", "documents_version": v2, "ship_model": True})
+        spark,
+        store,
+        ScoringJobSpec(**{**vars(spec), "run_id": "run-c", "documents_version": v2, "ship_model": shipped}),
     )
     assert added.documents_to_score == 3 + 1 and added.scores_version == first.scores_version + 1
     new_rows = store.read(SCORES_TABLE).filter(pc.equal(store.read(SCORES_TABLE)["score_run_id"], "run-c"))
@@ -92,7 +97,9 @@ def test_spark_submit_entry_point_takes_a_json_spec(spark, store, commit, tmp_pa
         json.dumps(
             {
                 "delta_root": store.root_uri,
-                "spark": {"master": "local[2]"},
+                "spark": {"connect_url": remote}
+                if (remote := os.environ.get("CPTDATA_TEST_SPARK_CONNECT"))
+                else {"master": "local[2]"},
                 "job": {
                     "documents_version": version,
                     "model_path": str(tiny_model_dir),
