@@ -73,9 +73,20 @@ class SparkResource(dg.ConfigurableResource):
     task_gpus: float = 0.0
     gpu_discovery_script: str | None = None
     extra_conf: dict[str, str] = Field(default_factory=dict)
+    storage_options_json: str = Field(
+        "{}",
+        description="the Delta root's storage options (JSON, as for the delta resource: pass "
+        'dg.EnvVar("CPTDATA_DELTA_STORAGE_OPTIONS")), turned into the executors\' S3A settings',
+        json_schema_extra=SECRET,
+    )
 
     def settings(self) -> SparkSettings:
-        return SparkSettings(**self.model_dump())  # the same field names; the rest keep SparkSettings' defaults
+        values = self.model_dump()
+        try:
+            options = json.loads(values.pop("storage_options_json") or "{}")
+        except json.JSONDecodeError as exc:  # the message holds a position, never the value
+            raise dg.Failure(f"the Delta storage options are not valid JSON ({exc.msg})") from None
+        return SparkSettings(**values, storage_options=options)  # the rest keep SparkSettings' defaults
 
     def session(self) -> SparkSession:
         return build_session(self.settings())

@@ -37,6 +37,7 @@ CHUNK_PERPLEXITY = dg.AssetKey(["scores", "chunk_perplexity"])
 CHECK_COVERAGE = "every_train_chunk_scored"
 CHECK_VALUES = "finite_and_ppl_at_least_1"
 CHECK_UNIQUE = "unique_chunk_scores"
+SCORING_POOL = "cpt_scoring"  # scoring runs hold the GPUs: a pool keeps a backfill from queuing two on one node
 TEST_AFTER_COMMIT_ENV = "CPTDATA_TEST_AFTER_SCORES_COMMIT"
 
 
@@ -68,6 +69,7 @@ class ScoringConfig(dg.Config):
     deps=[DOCUMENTS],
     partitions_def=corpus_sources,
     backfill_policy=dg.BackfillPolicy.single_run(),
+    pool=SCORING_POOL,
     group_name="scores",
     kinds={"spark", "delta", "pytorch"},
     code_version="chunk-perplexity-v1",

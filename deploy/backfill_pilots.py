@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import urllib.error
 import urllib.request
 
 LAUNCH = """
@@ -41,8 +42,11 @@ DONE = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELE
 def graphql(url: str, query: str, variables: dict) -> dict:
     body = json.dumps({"query": query, "variables": variables}).encode()
     request = urllib.request.Request(f"{url}/graphql", body, {"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=60) as response:
-        payload = json.load(response)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            payload = json.load(response)
+    except urllib.error.HTTPError as exc:  # the server's own words (e.g. a GraphQL validation error) say why
+        raise RuntimeError(f"{url}/graphql answered {exc.code}: {exc.read().decode(errors='replace')[:2000]}") from exc
     if payload.get("errors"):
         raise RuntimeError(payload["errors"])
     return payload["data"]

@@ -107,6 +107,7 @@ def load_profile(env: Mapping[str, str]) -> Profile:
             executor_gpus=s.spark_executor_gpus,
             task_gpus=s.spark_task_gpus,
             gpu_discovery_script=s.spark_gpu_discovery,
+            storage_options_json=_secret("CPTDATA_DELTA_STORAGE_OPTIONS", s.delta_storage_options, "{}"),
         )
     else:
         delta = DeltaStoreResource(root_uri=str(home / "delta"))

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class SparkSettings:
     master: str = "local[2]"
-    connect_url: str | None = None  # sc://host:15002 — takes precedence over master
+    connect_url: str | None = field(default=None, repr=False)  # sc://host:15002 (may hold a token); over master
     app_name: str = "cptdata"
     driver_memory: str = "2g"
     shuffle_partitions: int = 8
@@ -31,10 +31,49 @@ class SparkSettings:
     task_gpus: float = 0.0
     gpu_discovery_script: str | None = None
     extra_conf: Mapping[str, str] = field(default_factory=dict)
+    # the Delta root's object-store options (delta-rs keys, e.g. AWS_ENDPOINT_URL): the executors read the same files
+    storage_options: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def is_local(self) -> bool:
         return self.connect_url is None and self.master.startswith("local")
+
+
+# delta-rs / object_store S3 option (lower case) → the Hadoop S3A setting Spark's executors read the same files with
+_S3A = {
+    "aws_access_key_id": "fs.s3a.access.key",
+    "access_key_id": "fs.s3a.access.key",
+    "aws_secret_access_key": "fs.s3a.secret.key",
+    "secret_access_key": "fs.s3a.secret.key",
+    "aws_session_token": "fs.s3a.session.token",
+    "session_token": "fs.s3a.session.token",
+    "aws_endpoint_url": "fs.s3a.endpoint",
+    "aws_endpoint": "fs.s3a.endpoint",
+    "endpoint_url": "fs.s3a.endpoint",
+    "endpoint": "fs.s3a.endpoint",
+    "aws_region": "fs.s3a.endpoint.region",
+    "region": "fs.s3a.endpoint.region",
+}
+
+
+def object_store_conf(storage_options: Mapping[str, str]) -> dict[str, str]:
+    """The Spark (Hadoop S3A) settings for the Delta root's delta-rs storage options, so that executors read and
+    write the tables delta-rs commits: credentials, endpoint (an S3-compatible store such as MinIO: path-style access
+    unless virtual-hosted style is asked for), region, plain HTTP. Options Spark has no use for are left out. The
+    cluster needs the hadoop-aws jars (they do not ship with the pyspark package)."""
+    options = {k.lower(): str(v) for k, v in storage_options.items()}
+    conf = {f"spark.hadoop.{_S3A[k]}": v for k, v in options.items() if k in _S3A}
+    if not conf:
+        return {}
+    if "spark.hadoop.fs.s3a.endpoint" in conf:
+        virtual = options.get("aws_virtual_hosted_style_request", "false").lower() == "true"
+        conf["spark.hadoop.fs.s3a.path.style.access"] = str(not virtual).lower()
+    if options.get("aws_allow_http", options.get("allow_http", "false")).lower() == "true":
+        conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] = "false"
+    if "spark.hadoop.fs.s3a.session.token" in conf:
+        provider = "org.apache.hadoop.fs.s3a.TemporaryAWSCredentialsProvider"
+        conf["spark.hadoop.fs.s3a.aws.credentials.provider"] = provider
+    return conf
 
 
 def session_conf(settings: SparkSettings) -> dict[str, str]:
@@ -63,6 +102,8 @@ def session_conf(settings: SparkSettings) -> dict[str, str]:
         conf["spark.task.resource.gpu.amount"] = str(settings.task_gpus)
         if settings.gpu_discovery_script:
             conf["spark.executor.resource.gpu.discoveryScript"] = settings.gpu_discovery_script
+    if settings.connect_url is None:  # a Spark Connect server is started with its own Hadoop settings
+        conf.update(object_store_conf(settings.storage_options))
     conf.update(settings.extra_conf)
     return conf
 

@@ -92,6 +92,7 @@ def test_graphql_shows_env_var_names_and_never_a_secret(cluster_env):
     assert configured[("delta", "storage_options_json")] == ("ENV_VAR", "CPTDATA_DELTA_STORAGE_OPTIONS")
     assert configured[("mlflow", "tracking_uri")] == ("ENV_VAR", "MLFLOW_TRACKING_URI")
     assert configured[("spark", "connect_url")] == ("ENV_VAR", "CPTDATA_SPARK_CONNECT")
+    assert configured[("spark", "storage_options_json")] == ("ENV_VAR", "CPTDATA_DELTA_STORAGE_OPTIONS")
     assert all(j.data["runConfigSchemaOrError"]["__typename"] == "RunConfigSchema" for j in jobs)
 
 
@@ -102,6 +103,8 @@ def test_runs_resolve_the_real_secret_values(cluster_env):
         assert live.delta.store().storage_options == STORAGE_OPTIONS  # what delta-rs is given
         assert live.mlflow.tracking_uri == TRACKING_URI
         assert live.spark.settings().connect_url == CONNECT_URL
+        assert live.spark.settings().storage_options == STORAGE_OPTIONS  # the executors' S3A credentials
+        assert not any(secret in repr(live.spark.settings()) for secret in SECRETS)
 
 
 def test_secret_settings_are_validated_without_echoing_them(cluster_env, monkeypatch, capsys):

@@ -2,7 +2,7 @@ import sys
 
 import pytest
 
-from spark_jobs.session import SparkSettings, session_conf
+from spark_jobs.session import SparkSettings, object_store_conf, session_conf
 
 
 def test_local_sessions_bind_to_loopback_and_use_this_interpreter():
@@ -44,3 +44,29 @@ def test_partition_folders_escape_and_refuse_what_spark_cannot_read_back():
     table = pa.table({"x": [1.0, math.nan, math.nan, None], "v": [1, 2, 3, 4]})
     groups = {str(values["x"]): rows.column("v").to_pylist() for values, rows in _split_by(table, ["x"])}
     assert groups == {"1.0": [1], "nan": [2, 3], "None": [4]}
+
+
+def test_the_delta_roots_object_store_options_reach_the_executors_as_s3a_settings():
+    minio = {
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
+        "AWS_ACCESS_KEY_ID": "key",
+        "AWS_SECRET_ACCESS_KEY": "secret",
+        "AWS_REGION": "us-east-1",
+        "AWS_ALLOW_HTTP": "true",
+        "AWS_S3_ALLOW_UNSAFE_RENAME": "true",  # delta-rs only: not for Spark
+    }
+    conf = session_conf(SparkSettings(master="spark://127.0.0.1:7077", storage_options=minio))
+    assert {k: v for k, v in conf.items() if k.startswith("spark.hadoop.")} == {
+        "spark.hadoop.fs.s3a.endpoint": "http://127.0.0.1:9000",
+        "spark.hadoop.fs.s3a.access.key": "key",
+        "spark.hadoop.fs.s3a.secret.key": "secret",
+        "spark.hadoop.fs.s3a.endpoint.region": "us-east-1",
+        "spark.hadoop.fs.s3a.path.style.access": "true",
+        "spark.hadoop.fs.s3a.connection.ssl.enabled": "false",
+    }
+    temporary = object_store_conf({"aws_access_key_id": "k", "aws_secret_access_key": "s", "aws_session_token": "t"})
+    assert temporary["spark.hadoop.fs.s3a.aws.credentials.provider"].endswith("TemporaryAWSCredentialsProvider")
+    assert object_store_conf({}) == {} and object_store_conf({"timeout": "30s"}) == {}
+    assert "secret" not in repr(SparkSettings(storage_options=minio))  # settings may be logged; options are not
+    remote = session_conf(SparkSettings(connect_url="sc://127.0.0.1:15002", storage_options=minio))
+    assert not any(k.startswith("spark.hadoop.") for k in remote)  # the Connect server has its own
