@@ -10,7 +10,7 @@ import dagster as dg
 from assets import corpus, dataset, landscape, laws, models, pilots, scores
 from orchestration.jobs import ALL_JOBS
 from orchestration.profiles import Profile, load_profile
-from orchestration.schedules import daily_corpus_build
+from orchestration.schedules import corpus_build_schedule
 from orchestration.sensors import corpus_landing_sensor
 
 
@@ -22,7 +22,7 @@ def build_definitions(env: Mapping[str, str], profile: Profile | None = None) ->
         assets=dg.load_assets_from_modules([corpus, models, scores, landscape, pilots, laws, dataset]),
         asset_checks=dg.load_asset_checks_from_modules([corpus, models, scores, landscape, pilots, laws, dataset]),
         jobs=ALL_JOBS,
-        schedules=[daily_corpus_build],
+        schedules=[corpus_build_schedule(profile.corpus_build_cron, profile.corpus_build_on)],
         sensors=[corpus_landing_sensor],
         resources=profile.resources(),
         metadata={"profile": profile.name, "cptdata_home": str(profile.home)},

@@ -61,6 +61,8 @@ class Profile:
     catalog: CorpusCatalogResource
     model: BaseModelResource
     warnings: tuple[str, ...] = ()  # settings that are set but not used (the CLI prints them)
+    corpus_build_cron: str = "0 2 * * *"  # the corpus build schedule (UTC)
+    corpus_build_on: bool = False  # whether it runs from the start (else: switched on in the UI)
 
     def resources(self) -> dict[str, object]:
         return {
@@ -121,6 +123,8 @@ def load_profile(env: Mapping[str, str]) -> Profile:
         catalog=catalog,
         model=_base_model(s, home),
         warnings=settings.warnings,
+        corpus_build_cron=s.corpus_build_cron,
+        corpus_build_on=s.corpus_build_on,
     )
 
 

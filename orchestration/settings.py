@@ -106,6 +106,10 @@ class EnvSettings(BaseModel):
     )
     model_cache: str | None = Field(None, alias="CPTDATA_MODEL_CACHE", description="a folder")
     pretrain_tokens: int = Field(1_000_000, alias="CPTDATA_PRETRAIN_TOKENS", ge=1, description="a whole number ≥ 1")
+    corpus_build_cron: str = Field(
+        "0 2 * * *", alias="CPTDATA_CORPUS_BUILD_CRON", description="a cron string (UTC), e.g. 0 2 * * *"
+    )
+    corpus_build_on: bool = Field(False, alias="CPTDATA_CORPUS_BUILD_ON", description="true or false")
 
     @field_validator("profile")
     @classmethod
@@ -118,6 +122,15 @@ class EnvSettings(BaseModel):
     _strings = field_validator(
         "mlflow_tracking_uri", "delta_root", "spark_gpu_discovery", "base_model", "base_model_revision"
     )(_non_empty)
+
+    @field_validator("corpus_build_cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from dagster._utils.schedules import is_valid_cron_string
+
+        if not is_valid_cron_string(value):
+            raise ValueError("is not a cron string")
+        return value
 
     @field_validator("sources_file")
     @classmethod

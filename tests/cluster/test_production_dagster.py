@@ -1,8 +1,9 @@
 """The production Dagster instance as it runs: ``dagster-daemon`` and ``dagster-webserver`` on loopback against
 PostgreSQL (``deploy/dagster.yaml`` and ``deploy/workspace.yaml``), each started here and stopped by PID.
 
-The landing sensor ticks and ingests the declared sources through the run queue; a partition backfill of
-``corpus/documents`` launched through GraphQL completes; a run that fails is retried once by the daemon.
+The landing sensor ticks and ingests the declared sources through the run queue; the corpus build schedule (set to
+every minute) ticks and requests its runs; a run that fails is retried once by the daemon; a partition backfill of
+``corpus/documents`` launched through GraphQL completes.
 Run when ``CPTDATA_CLUSTER_TESTS=1`` (CI sets it) and PostgreSQL answers on 127.0.0.1:5432.
 """
 
@@ -66,6 +67,8 @@ def production(tmp_path, postgres_database, monkeypatch):  # noqa: F811
         "DAGSTER_PG_PASSWORD": "x",
         "DAGSTER_PG_DB": postgres_database,
         "SPARK_LOCAL_IP": "127.0.0.1",
+        "CPTDATA_CORPUS_BUILD_CRON": "* * * * *",  # the corpus build every minute, running from the start
+        "CPTDATA_CORPUS_BUILD_ON": "true",
     }
     for key in ("DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USER", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_DB"):
         monkeypatch.setenv(key, env[key])  # this process reads the same instance
@@ -95,29 +98,47 @@ def production(tmp_path, postgres_database, monkeypatch):  # noqa: F811
                         continue
 
 
-def runs_of(instance, partition: str) -> list[dg.DagsterRun]:
-    return instance.get_runs(filters=dg.RunsFilter(tags={"dagster/partition": partition}))
+def runs_of(instance, partition: str, by: str | None = None) -> list[dg.DagsterRun]:
+    """The runs of a partition (``by``: only those a sensor or schedule of that tag name requested)."""
+    runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/partition": partition}))
+    return [r for r in runs if by is None or by in r.tags]
 
 
-def finished(instance, partition: str, count: int) -> bool:
-    runs = runs_of(instance, partition)
+def finished(instance, partition: str, count: int, by: str | None = None) -> bool:
+    runs = runs_of(instance, partition, by)
     return len(runs) >= count and all(r.is_finished for r in runs)
 
 
-def test_the_daemon_ingests_through_the_queue_backfills_and_retries(production):
+def test_the_daemon_ingests_through_the_queue_schedules_backfills_and_retries(production):
     instance, url, tmp_path = production
-    logs = [tmp_path / "daemon.log"]
+    log = tmp_path / "daemon.log"
+    sensor = "dagster/sensor_name"
     # the landing sensor ticks (RUNNING by default): every declared source becomes a partition and is ingested
-    wait_until(lambda: finished(instance, "notes", 1) and finished(instance, "memos", 1), "sensor runs", [], 300)
-    assert {r.status for r in runs_of(instance, "notes") + runs_of(instance, "memos")} == {dg.DagsterRunStatus.SUCCESS}
-    sensor_ticks = [t for t in instance.get_ticks(*_sensor_origin(instance)) if t.status.value == "SUCCESS"]
-    assert sensor_ticks, logs[0].read_text()[-3000:]
+    wait_until(
+        lambda: finished(instance, "notes", 1, sensor) and finished(instance, "memos", 1, sensor), "sensor", [], 300
+    )
+    sensed = runs_of(instance, "notes", sensor) + runs_of(instance, "memos", sensor)
+    assert {r.status for r in sensed} == {dg.DagsterRunStatus.SUCCESS}
+    sensor_ticks = [
+        t for t in instance.get_ticks(*_origin(instance, "corpus_landing_sensor")) if t.status.value == "SUCCESS"
+    ]
+    assert sensor_ticks, log.read_text()[-3000:]
 
     # the source whose file is gone fails, and the daemon retries it once (a new run, dagster/retry_number 1)
-    wait_until(lambda: finished(instance, "gone", 2), "the retry of the failed run", [], 300)
-    gone = sorted(runs_of(instance, "gone"), key=lambda r: int(r.tags.get("dagster/retry_number", 0)))
-    assert [r.status for r in gone] == [dg.DagsterRunStatus.FAILURE] * 2
-    assert gone[1].tags.get("dagster/retry_number") == "1" and gone[1].parent_run_id == gone[0].run_id
+    def retried() -> list[dg.DagsterRun]:
+        return [r for r in runs_of(instance, "gone") if r.tags.get("dagster/retry_number") == "1" and r.is_finished]
+
+    wait_until(lambda: bool(retried()), "the retry of the failed run", [], 300)
+    retry = retried()[0]
+    parent = instance.get_run_by_id(retry.parent_run_id)
+    assert parent.status == retry.status == dg.DagsterRunStatus.FAILURE and "dagster/retry_number" not in parent.tags
+
+    # the corpus build schedule (every minute here) ticks and requests a run per registered source
+    schedule = "dagster/schedule_name"
+    wait_until(lambda: finished(instance, "memos", 1, schedule), "a scheduled run", [], 180)
+    ticks = instance.get_ticks(*_origin(instance, "daily_corpus_build"))
+    assert any(t.status.value == "SUCCESS" and t.run_ids for t in ticks), log.read_text()[-3000:]
+    assert runs_of(instance, "memos", schedule)[0].status == dg.DagsterRunStatus.SUCCESS
 
     # a partition backfill through GraphQL, as the UI launches it: the daemon queues one run per partition
     corpus = [{"path": ["corpus", "documents"]}, {"path": ["corpus", "rejects"]}]  # one multi-asset
@@ -132,11 +153,11 @@ def test_the_daemon_ingests_through_the_queue_backfills_and_retries(production):
         time.sleep(3)
     assert status["status"] in ("COMPLETED", "COMPLETED_SUCCESS"), status
     assert {r["status"] for r in status["runs"]} == {"SUCCESS"} and len(status["runs"]) == 2
-    events = instance.fetch_materializations(DOCUMENTS, limit=10).records
+    events = instance.fetch_materializations(DOCUMENTS, limit=20).records
     assert {e.partition_key for e in events} >= {"notes", "memos"} and len(events) >= 4  # sensor + backfill
 
 
-def _sensor_origin(instance):
-    states = [s for s in instance.all_instigator_state() if s.name == "corpus_landing_sensor"]
-    assert states, "the landing sensor never ran"
+def _origin(instance, name: str) -> tuple[str, str]:
+    states = [s for s in instance.all_instigator_state() if s.name == name]
+    assert states, f"{name} never ran"
     return states[0].instigator_origin_id, states[0].selector_id

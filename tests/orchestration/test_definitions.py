@@ -11,6 +11,7 @@ from orchestration.definitions import build_definitions
 from orchestration.profiles import load_profile
 from orchestration.schedules import daily_corpus_build
 from orchestration.sensors import corpus_landing_sensor
+from orchestration.settings import ConfigError
 
 GRAPH = {
     "corpus/documents": {"group": "corpus", "partitions": "corpus_sources", "deps": []},
@@ -170,7 +171,22 @@ def test_daily_schedule_rebuilds_every_registered_source():
         assert isinstance(daily_corpus_build(ctx), dg.SkipReason)
         instance.add_dynamic_partitions(corpus_sources.name, ["a", "b"])
         runs = daily_corpus_build(ctx)
-        assert [(r.partition_key, r.run_key) for r in runs] == [("a", "2026-05-01:a"), ("b", "2026-05-01:b")]
+        assert [(r.partition_key, r.run_key) for r in runs] == [
+            ("a", "2026-05-01T02:00:a"),
+            ("b", "2026-05-01T02:00:b"),
+        ]
+
+
+def test_the_corpus_build_schedule_is_set_from_the_environment(tmp_path):
+    env = {"CPTDATA_HOME": str(tmp_path)}
+    (default,) = build_definitions(env).schedules
+    assert (default.cron_schedule, default.default_status) == ("0 2 * * *", dg.DefaultScheduleStatus.STOPPED)
+    (hourly,) = build_definitions(
+        env | {"CPTDATA_CORPUS_BUILD_CRON": "0 * * * *", "CPTDATA_CORPUS_BUILD_ON": "true"}
+    ).schedules
+    assert (hourly.cron_schedule, hourly.default_status) == ("0 * * * *", dg.DefaultScheduleStatus.RUNNING)
+    with pytest.raises(ConfigError, match="CPTDATA_CORPUS_BUILD_CRON='every day': is not a cron string"):
+        build_definitions(env | {"CPTDATA_CORPUS_BUILD_CRON": "every day"})
 
 
 def test_pilot_partitions_read_every_scores_partition(tmp_path):
