@@ -7,6 +7,7 @@ every minute) ticks and requests its runs; a run that fails is retried once by t
 Run when ``CPTDATA_CLUSTER_TESTS=1`` (CI sets it) and PostgreSQL answers on 127.0.0.1:5432.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -45,31 +46,28 @@ def server_up(port: int) -> bool:
         return False
 
 
-@pytest.fixture
-def production(tmp_path, postgres_database, monkeypatch):  # noqa: F811
+@contextlib.contextmanager
+def production_instance(tmp_path, database, monkeypatch, sources: list[dict], extra_env: dict):
+    """deploy/dagster.yaml on PostgreSQL database ``database``, with the daemon and webserver running on it."""
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(REPO / "deploy" / "dagster.yaml", home / "dagster.yaml")
-    sources = []
-    for name, n in (("notes", 20), ("memos", 12)):
-        path = tmp_path / f"{name}.jsonl"
-        path.write_text("\n".join(json.dumps({"id": i, "text": f"{name} {i}: some words"}) for i in range(n)))
-        sources.append({"name": name, "path": str(path), "format": "jsonl", "role": "general"})
-    sources.append({"name": "gone", "path": str(tmp_path / "gone.jsonl"), "format": "jsonl", "role": "general"})
     (tmp_path / "sources.json").write_text(json.dumps(sources))
-    env = os.environ | {
-        "DAGSTER_HOME": str(home),
-        "CPTDATA_HOME": str(tmp_path / "data"),
-        "CPTDATA_SOURCES": str(tmp_path / "sources.json"),
-        "DAGSTER_PG_HOST": PG["host"],
-        "DAGSTER_PG_PORT": str(PG["port"]),
-        "DAGSTER_PG_USER": PG["user"],
-        "DAGSTER_PG_PASSWORD": "x",
-        "DAGSTER_PG_DB": postgres_database,
-        "SPARK_LOCAL_IP": "127.0.0.1",
-        "CPTDATA_CORPUS_BUILD_CRON": "* * * * *",  # the corpus build every minute, running from the start
-        "CPTDATA_CORPUS_BUILD_ON": "true",
-    }
+    env = (
+        dict(os.environ)
+        | {
+            "DAGSTER_HOME": str(home),
+            "CPTDATA_HOME": str(tmp_path / "data"),
+            "CPTDATA_SOURCES": str(tmp_path / "sources.json"),
+            "DAGSTER_PG_HOST": PG["host"],
+            "DAGSTER_PG_PORT": str(PG["port"]),
+            "DAGSTER_PG_USER": PG["user"],
+            "DAGSTER_PG_PASSWORD": "x",
+            "DAGSTER_PG_DB": database,
+            "SPARK_LOCAL_IP": "127.0.0.1",
+        }
+        | extra_env
+    )
     for key in ("DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USER", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_DB"):
         monkeypatch.setenv(key, env[key])  # this process reads the same instance
     port = free_port()
@@ -86,7 +84,7 @@ def production(tmp_path, postgres_database, monkeypatch):  # noqa: F811
     try:
         wait_until(lambda: port_open(port) and server_up(port), "the webserver", procs, timeout=180)
         with dg.DagsterInstance.from_config(str(home)) as instance:
-            yield instance, f"http://127.0.0.1:{port}", tmp_path
+            yield instance, f"http://127.0.0.1:{port}", env
     finally:
         for proc in procs:
             for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -96,6 +94,19 @@ def production(tmp_path, postgres_database, monkeypatch):  # noqa: F811
                         proc.wait(timeout=20)
                     except subprocess.TimeoutExpired:
                         continue
+
+
+@pytest.fixture
+def production(tmp_path, postgres_database, monkeypatch):  # noqa: F811
+    sources = []
+    for name, n in (("notes", 20), ("memos", 12)):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("\n".join(json.dumps({"id": i, "text": f"{name} {i}: some words"}) for i in range(n)))
+        sources.append({"name": name, "path": str(path), "format": "jsonl", "role": "general"})
+    sources.append({"name": "gone", "path": str(tmp_path / "gone.jsonl"), "format": "jsonl", "role": "general"})
+    every_minute = {"CPTDATA_CORPUS_BUILD_CRON": "* * * * *", "CPTDATA_CORPUS_BUILD_ON": "true"}
+    with production_instance(tmp_path, postgres_database, monkeypatch, sources, every_minute) as (instance, url, _):
+        yield instance, url, tmp_path
 
 
 def runs_of(instance, partition: str, by: str | None = None) -> list[dg.DagsterRun]:
@@ -161,3 +172,56 @@ def _origin(instance, name: str) -> tuple[str, str]:
     states = [s for s in instance.all_instigator_state() if s.name == name]
     assert states, f"{name} never ran"
     return states[0].instigator_origin_id, states[0].selector_id
+
+
+def test_a_pilot_backfill_runs_through_the_queue_one_at_a_time_in_the_training_pool(
+    tmp_path,
+    postgres_database,  # noqa: F811 (the fixture)
+    monkeypatch,
+    corpora_dir,
+):
+    from orchestration.cli import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+    from orchestration.definitions import build_definitions
+    from tests.assets.test_pilot_assets import PILOT, run, slice_of
+
+    slices = [
+        ("dom", "med_medquad.jsonl.gz", "domain", "by_group", 120),
+        ("dom_eval", "med_abstracts_tc_test.jsonl.gz", "domain", "eval", 12),
+        ("gen", "gen_austen.jsonl.gz", "general", "train", 60),
+        ("gen_eval", "gen_sotu.jsonl.gz", "general", "eval", 6),
+    ]
+    sources = [
+        {"name": n, "path": slice_of(corpora_dir, f, tmp_path / f"{n}.jsonl", k), "format": "jsonl", "role": r}
+        | {"split": s}
+        | ({"eval_fraction": 0.15} if s == "by_group" else {})
+        for n, f, r, s, k in slices
+    ]
+    small = {"CPTDATA_PRETRAIN_TOKENS": "8192"}
+    with production_instance(tmp_path, postgres_database, monkeypatch, sources, small) as (instance, url, env):
+        names = [n for n, *_ in slices]
+        sensor = "dagster/sensor_name"
+        wait_until(lambda: all(finished(instance, n, 1, sensor) for n in names), "the sensor's ingestion", [], 300)
+        defs = build_definitions(env)  # the upstream of the pilots, on the same instance and tables
+        run(defs, "base_model", instance)
+        tags = {ASSET_PARTITION_RANGE_START_TAG: names[0], ASSET_PARTITION_RANGE_END_TAG: names[-1]}
+        run(defs, "score_corpus", instance, tags=tags)
+        run(defs, "landscape", instance)
+        instance.event_log_storage.set_concurrency_slots("cpt_training", 1)  # one training step at a time
+
+        keys = ["window-c0.35-w0.20|small", "window-c0.50-w0.20|small"]
+        config = {"ops": {"pilots__regime_runs": {"config": PILOT | {"size_tokens": {"small": 300, "large": 900}}}}}
+        params = {"assetSelection": [{"path": ["pilots", "regime_runs"]}], "partitionNames": keys}
+        launched = graphql(url, LAUNCH, {"params": params | {"runConfigData": config}})["launchPartitionBackfill"]
+        assert launched["__typename"] == "LaunchBackfillSuccess", launched
+        deadline = time.monotonic() + 400
+        while time.monotonic() < deadline:
+            status = graphql(url, STATUS, {"id": launched["backfillId"]})["partitionBackfillOrError"]
+            if status["status"] in ("COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"):
+                break
+            time.sleep(3)
+        assert status["status"] in ("COMPLETED", "COMPLETED_SUCCESS"), status
+        assert {r["status"] for r in status["runs"]} == {"SUCCESS"} and len(status["runs"]) == 2
+        steps = sorted(
+            (s.start_time, s.end_time) for r in status["runs"] for s in instance.get_run_step_stats(r["runId"])
+        )
+        assert len(steps) == 2 and steps[0][1] <= steps[1][0]  # the pool let one training step run at a time
