@@ -64,7 +64,10 @@ def mlflow_server(tmp_path, postgres_database):  # noqa: F811
                     continue
 
 
-def test_a_fit_is_logged_registered_and_served_through_the_server(tmp_path, mlflow_server):
+def test_a_fit_is_logged_registered_and_served_through_the_server(tmp_path, mlflow_server, monkeypatch):
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # set_tracking_uri below sets them: undone after
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
     store = DeltaStore(str(tmp_path / "delta"))
     store.overwrite(MIXTURE_RUNS_TABLE, mixture_rows(2), COMMIT, predicate=None)
     resources = {

@@ -53,8 +53,9 @@ def production_instance(tmp_path, database, monkeypatch, sources: list[dict], ex
     home.mkdir()
     shutil.copy(REPO / "deploy" / "dagster.yaml", home / "dagster.yaml")
     (tmp_path / "sources.json").write_text(json.dumps(sources))
+    # not the MLflow a previous test pointed this process at (mlflow.set_tracking_uri sets MLFLOW_TRACKING_URI)
     env = (
-        dict(os.environ)
+        {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
         | {
             "DAGSTER_HOME": str(home),
             "CPTDATA_HOME": str(tmp_path / "data"),
