@@ -193,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import sys
 
     from cpt.landscape.histogram import bin_edges
-    from spark_jobs.session import SparkSettings, build_session
+    from spark_jobs.session import SparkSettings, job_session
 
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1:
@@ -203,15 +203,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = json.load(fh)
     job = config["job"]
     store = DeltaStore(config["delta_root"], config.get("storage_options"))
-    spark = build_session(SparkSettings(**config.get("spark", {})))
-    result = run_landscape_job(
-        spark,
-        store,
-        job["scores_version"],
-        bin_edges(job.get("edges_version", "log10-v1")),
-        model_revision=job.get("model_revision"),
-        policy_hash=job.get("policy_hash"),
-    )
+    with job_session(SparkSettings(**config.get("spark", {}))) as spark:
+        result = run_landscape_job(
+            spark,
+            store,
+            job["scores_version"],
+            bin_edges(job.get("edges_version", "log10-v1")),
+            model_revision=job.get("model_revision"),
+            policy_hash=job.get("policy_hash"),
+        )
     partials = [dataclasses.asdict(p) | {"group": dataclasses.asdict(p.group)} for p in result.partials]
     summary = {
         "scores_version": result.scores_version,

@@ -43,7 +43,7 @@ from cpt.scoring.schema import SCORES_SCHEMA
 from cpt.scoring.windows import WindowPolicy
 from spark_jobs.delta_bridge import read_snapshot, write_unique_to_delta
 from spark_jobs.scoring_worker import ScoreDocuments
-from spark_jobs.session import SparkSettings, build_session, default_parallelism, is_connect
+from spark_jobs.session import SparkSettings, default_parallelism, is_connect, job_session
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -259,8 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with open(args[0]) as fh:
         config = json.load(fh)
     store = DeltaStore(config["delta_root"], config.get("storage_options"))
-    spark = build_session(SparkSettings(**config.get("spark", {})))
-    result = run_scoring_job(spark, store, spec_from_json(config["job"]))
+    with job_session(SparkSettings(**config.get("spark", {}))) as spark:
+        result = run_scoring_job(spark, store, spec_from_json(config["job"]))
     print(json.dumps(asdict(result) | {"tokens_per_second": result.tokens_per_second}))
     return 0
 

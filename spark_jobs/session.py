@@ -7,9 +7,10 @@ the platform's packages (and the same torch) are importable in every task.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -141,3 +142,18 @@ def build_session(settings: SparkSettings) -> SparkSession:
     for key, value in conf.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
+
+
+@contextlib.contextmanager
+def job_session(settings: SparkSettings) -> Iterator[SparkSession]:
+    """The session of a ``spark-submit`` entry point: stopped at the end — a live JVM gateway when the interpreter
+    exits can abort the process — unless it was already running in this process (then it is the caller's)."""
+    from pyspark.sql import SparkSession
+
+    existing = SparkSession.getActiveSession()
+    spark = build_session(settings)
+    try:
+        yield spark
+    finally:
+        if existing is None:
+            spark.stop()
