@@ -4,7 +4,6 @@ Run when ``CPTDATA_CLUSTER_TESTS=1`` (CI sets it) and PostgreSQL answers on 127.
 """
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ from assets.pilots import MIXTURE_RUNS_TABLE
 from assets.resources import DeltaStoreResource, MlflowResource
 from cpt.delta_store import DeltaStore
 from tests.assets.test_law_assets import CMR_CONFIG, COMMIT, mixture_rows
-from tests.cluster.test_spark_cluster import free_port, port_open, wait_until
+from tests.cluster.test_spark_cluster import free_port, port_open, stop_group, wait_until
 from tests.orchestration.test_production_instance import PG, postgres_database  # noqa: F401 (fixture)
 
 pytestmark = [
@@ -55,13 +54,7 @@ def mlflow_server(tmp_path, postgres_database):  # noqa: F811
         wait_until(lambda: port_open(port), "the MLflow server", [proc], timeout=180)
         yield f"http://127.0.0.1:{port}"
     finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            if proc.poll() is None:
-                os.killpg(proc.pid, sig)
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    continue
+        stop_group(proc)
 
 
 def test_a_fit_is_logged_registered_and_served_through_the_server(tmp_path, mlflow_server, monkeypatch):

@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -21,8 +20,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from deploy.backfill_pilots import LAUNCH, STATUS, graphql
-from tests.cluster.test_spark_cluster import free_port, port_open, wait_until
+from deploy.backfill_pilots import DONE, LAUNCH, STATUS, graphql
+from tests.cluster.test_spark_cluster import free_port, port_open, stop_group, wait_until
 from tests.orchestration.test_production_instance import PG, postgres_database  # noqa: F401 (fixture)
 
 pytestmark = [
@@ -88,13 +87,7 @@ def production_instance(tmp_path, database, monkeypatch, sources: list[dict], ex
             yield instance, f"http://127.0.0.1:{port}", env
     finally:
         for proc in procs:
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                if proc.poll() is None:
-                    os.killpg(proc.pid, sig)
-                    try:
-                        proc.wait(timeout=20)
-                    except subprocess.TimeoutExpired:
-                        continue
+            stop_group(proc)
 
 
 @pytest.fixture
@@ -108,6 +101,16 @@ def production(tmp_path, postgres_database, monkeypatch):  # noqa: F811
     every_minute = {"CPTDATA_CORPUS_BUILD_CRON": "* * * * *", "CPTDATA_CORPUS_BUILD_ON": "true"}
     with production_instance(tmp_path, postgres_database, monkeypatch, sources, every_minute) as (instance, url, _):
         yield instance, url, tmp_path
+
+
+def finished_backfill(url: str, backfill_id: str, timeout: float) -> dict:
+    """The backfill's status once it has ended (or when ``timeout`` seconds have passed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = graphql(url, STATUS, {"id": backfill_id})["partitionBackfillOrError"]
+        if status["status"] in DONE or time.monotonic() > deadline:
+            return status
+        time.sleep(3)
 
 
 def runs_of(instance, partition: str, by: str | None = None) -> list[dg.DagsterRun]:
@@ -157,12 +160,7 @@ def test_the_daemon_ingests_through_the_queue_schedules_backfills_and_retries(pr
     params = {"assetSelection": corpus, "partitionNames": ["notes", "memos"]}
     launched = graphql(url, LAUNCH, {"params": params})["launchPartitionBackfill"]
     assert launched["__typename"] == "LaunchBackfillSuccess", launched
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        status = graphql(url, STATUS, {"id": launched["backfillId"]})["partitionBackfillOrError"]
-        if status["status"] in ("COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"):
-            break
-        time.sleep(3)
+    status = finished_backfill(url, launched["backfillId"], timeout=300)
     assert status["status"] in ("COMPLETED", "COMPLETED_SUCCESS"), status
     assert {r["status"] for r in status["runs"]} == {"SUCCESS"} and len(status["runs"]) == 2
     events = instance.fetch_materializations(DOCUMENTS, limit=20).records
@@ -214,12 +212,7 @@ def test_a_pilot_backfill_runs_through_the_queue_one_at_a_time_in_the_training_p
         params = {"assetSelection": [{"path": ["pilots", "regime_runs"]}], "partitionNames": keys}
         launched = graphql(url, LAUNCH, {"params": params | {"runConfigData": config}})["launchPartitionBackfill"]
         assert launched["__typename"] == "LaunchBackfillSuccess", launched
-        deadline = time.monotonic() + 400
-        while time.monotonic() < deadline:
-            status = graphql(url, STATUS, {"id": launched["backfillId"]})["partitionBackfillOrError"]
-            if status["status"] in ("COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"):
-                break
-            time.sleep(3)
+        status = finished_backfill(url, launched["backfillId"], timeout=400)
         assert status["status"] in ("COMPLETED", "COMPLETED_SUCCESS"), status
         assert {r["status"] for r in status["runs"]} == {"SUCCESS"} and len(status["runs"]) == 2
         steps = sorted(

@@ -56,6 +56,18 @@ def wait_until(ready, what: str, procs, timeout: float = 120.0) -> None:
     raise TimeoutError(f"{what} not ready after {timeout:.0f} s")
 
 
+def stop_group(proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    """Stop a process started with ``start_new_session=True`` and everything it started, by its process group:
+    SIGTERM, then SIGKILL (background JVMs and servers may ignore a plain SIGTERM)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if proc.poll() is None:
+            os.killpg(proc.pid, sig)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                continue
+
+
 def port_open(port: int) -> bool:
     with closing(socket.socket()) as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
@@ -121,14 +133,8 @@ def engines(tmp_path_factory):
             "connect": {"connect_url": f"sc://127.0.0.1:{connect_port}"},
         }
     finally:
-        for proc in procs:  # by PID (process group): background JVMs may ignore a plain SIGTERM
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                if proc.poll() is None:
-                    os.killpg(proc.pid, sig)
-                    try:
-                        proc.wait(timeout=15)
-                    except subprocess.TimeoutExpired:
-                        continue
+        for proc in procs:
+            stop_group(proc)
         assert all(p.poll() is not None for p in procs)
 
 
