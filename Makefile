@@ -6,6 +6,9 @@ STAMP  := $(VENV)/.installed
 SHELL  := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 export SPARK_LOCAL_IP ?= 127.0.0.1
+# Where `make ui` and `make mlflow-ui` serve: Dagster's metadata links to MLflow runs there, MLflow runs link back.
+export CPTDATA_DAGSTER_UI ?= http://127.0.0.1:3000
+export CPTDATA_MLFLOW_UI ?= http://127.0.0.1:5000
 # pip's configured find-links/extra-index locations that do not exist here are noise, not errors.
 QUIET_PIP := grep -v "^WARNING: Location" || true
 
@@ -58,11 +61,12 @@ bench-gpu:
 ## The Dagster UI on the same instance `make demo` uses.
 ui: install
 	export DAGSTER_HOME=$${DAGSTER_HOME:-$(CURDIR)/.cptdata/dagster} && $(BIN)/cptdata register && \
-	  $(BIN)/dagster dev -m orchestration.definitions -h 127.0.0.1
+	  $(BIN)/dagster dev -m orchestration.definitions -h 127.0.0.1 -p $$(python3 -c "import urllib.parse as u; print(u.urlsplit('$(CPTDATA_DAGSTER_UI)').port or 3000)")
 
 ## The MLflow UI over the quick-start tracking store (pilot runs, law fits, registered models).
 mlflow-ui: install
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/.cptdata/mlflow.db --host 127.0.0.1 --port 5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/.cptdata/mlflow.db --host 127.0.0.1 \
+	  --port $$(python3 -c "import urllib.parse as u; print(u.urlsplit('$(CPTDATA_MLFLOW_UI)').port or 5000)")
 
 ## Re-pin every dependency after changing pyproject.toml.
 lock:

@@ -12,14 +12,20 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from assets.lineage import commit_info, counts_markdown, delta_metadata
+from assets.lineage import commit_info, counts_markdown, delta_metadata, governance
 from assets.partitions import corpus_sources
 from assets.resources import CorpusCatalogResource, DeltaStoreResource
 from cpt.corpus.ingest import IngestResult, ingest_source, rejects_data_version
 from cpt.corpus.publish import PublishConflictError, Published, publish_documents
 from cpt.corpus.quality import duplicate_count, empty_text_count, schema_differences
-from cpt.corpus.schema import DOCUMENTS_SCHEMA, PARTITION_COLUMN
-from cpt.corpus.sources import EmptySourceError, SourceSpec, SourceUnreadableError, source_fingerprint
+from cpt.corpus.schema import DOCUMENTS_SCHEMA, PARTITION_COLUMN, REJECTS_SCHEMA
+from cpt.corpus.sources import (
+    EmptySourceError,
+    SourceSpec,
+    SourceUnreadableError,
+    file_records,
+    source_fingerprint,
+)
 from cpt.delta_store import DeltaStore, partition_predicate
 
 DOCUMENTS = dg.AssetKey(["corpus", "documents"])
@@ -42,6 +48,7 @@ CHECK_REJECT_RATE = "reject_rate_below_threshold"
             group_name="corpus",
             kinds={"delta", "python"},
             code_version="corpus-documents-v2",
+            **governance("corpus", DOCUMENTS_SCHEMA),
             skippable=True,  # not materialized when the candidate fails its checks
         ),
         dg.AssetSpec(
@@ -51,6 +58,7 @@ CHECK_REJECT_RATE = "reject_rate_below_threshold"
             group_name="corpus",
             kinds={"delta", "python"},
             code_version="corpus-documents-v2",
+            **governance("corpus", REJECTS_SCHEMA),
         ),
     ],
     partitions_def=corpus_sources,
@@ -83,6 +91,7 @@ def corpus_documents(context: dg.AssetExecutionContext, delta: DeltaStoreResourc
     source = catalog.resolve(context.partition_key)
     context.log.info(f"ingesting {source.name!r} ({source.format.value}, {source.role.value}) from {source.path}")
     fingerprint = source_fingerprint(source)  # before reading: a change made meanwhile is ingested on the next tick
+    files = _file_records(source)  # recorded on both commits: the lineage of every row goes back to these bytes
     store = delta.store()
     base_version = store.version(DOCUMENTS_TABLE)
     try:
@@ -100,7 +109,7 @@ def corpus_documents(context: dg.AssetExecutionContext, delta: DeltaStoreResourc
     rejects_version = store.overwrite(
         REJECTS_TABLE,
         result.rejects,
-        commit_info(context, REJECTS, source),
+        commit_info(context, REJECTS, source, files=files),
         predicate=predicate,
         partition_by=[PARTITION_COLUMN],
     )
@@ -132,7 +141,7 @@ def corpus_documents(context: dg.AssetExecutionContext, delta: DeltaStoreResourc
             DOCUMENTS_TABLE,
             source,
             result,
-            commit_info(context, DOCUMENTS, source),
+            commit_info(context, DOCUMENTS, source, files=files),
             fingerprint=fingerprint,
             checkpoint=lambda point: ingest_checkpoint(point),
         )
@@ -148,11 +157,18 @@ def corpus_documents(context: dg.AssetExecutionContext, delta: DeltaStoreResourc
     )
     yield dg.MaterializeResult(
         asset_key=DOCUMENTS,
-        metadata=_documents_metadata(store, published, source, fingerprint),
+        metadata=_documents_metadata(store, published, source, fingerprint, files),
         check_results=[*gate, _unique_ids_check(store, published.version)],
         data_version=dg.DataVersion(published.data_version),
     )
     yield rejects_materialization
+
+
+def _file_records(source: SourceSpec) -> list[dict]:
+    try:
+        return file_records(source)
+    except (SourceUnreadableError, OSError):
+        return []  # the ingest itself fails on this and says why
 
 
 def ingest_checkpoint(point: str) -> None:
@@ -162,7 +178,9 @@ def ingest_checkpoint(point: str) -> None:
     return None
 
 
-def _documents_metadata(store: DeltaStore, published: Published, source: SourceSpec, fingerprint: str) -> dict:
+def _documents_metadata(
+    store: DeltaStore, published: Published, source: SourceSpec, fingerprint: str, files: list[dict]
+) -> dict:
     stats = published.result.stats
     whole = store.read(DOCUMENTS_TABLE, published.version, columns=["role", "split"])
     by_role_split = (
@@ -183,7 +201,7 @@ def _documents_metadata(store: DeltaStore, published: Published, source: SourceS
         "publish_attempts": published.attempts,
         "rejects": stats.rejects,
         "reject_rate": stats.reject_rate,
-        "source_files": dg.MetadataValue.json(list(stats.files)),
+        "source_files": dg.MetadataValue.json(files or list(stats.files)),  # path, SHA-256, size, mtime
         "source_fingerprint": fingerprint,
         "data_version": published.data_version,
         "source_spec": dg.MetadataValue.json({k: str(v) for k, v in vars(source).items()}),

@@ -30,9 +30,9 @@ from pydantic import Field
 
 from assets.corpus import DOCUMENTS_TABLE
 from assets.landscape import REGIMES, REGIMES_TABLE
-from assets.law_publishing import CurrentFit, current_fit
+from assets.law_publishing import FITS_TABLE, CurrentFit, current_fit
 from assets.laws import CMR, PPL_LAW
-from assets.lineage import commit_info, delta_metadata, package_version, require_version
+from assets.lineage import commit_info, delta_metadata, governance, package_version, require_version
 from assets.models import BASE_MODEL
 from assets.pilots import DOMAIN_SELECTION
 from assets.resources import DeltaStoreResource, SparkResource
@@ -62,6 +62,7 @@ from cpt.dataset.schema import DATASET_SCHEMA, SELECTION_SCHEMA
 from cpt.delta_store import COMMIT_ID_KEY, DeltaStore
 from cpt.landscape.regimes import regime_tokens_prefix
 from cpt.laws.cmr.answer import CmrAnswerModel, answer_with_interval
+from cpt.lineage.graph import model_record
 from cpt.models.base_model import ModelManifest
 from cpt.scoring.windows import WindowPolicy
 from cpt.selection.dos import DosError, select_dos
@@ -146,6 +147,7 @@ def _role(table: pa.Table, role: str) -> pa.Table:
     group_name="dataset",
     kinds={"spark", "delta"},
     code_version="domain-selection-v1",
+    **governance("dataset", SELECTION_SCHEMA),
     description="Distance-to-optimum selection: domain train chunks (no eval document, no group shared with one) "
     "chosen greedily so their (μ, σ) reach the target landscape of the current PPL-law answer; one row per chunk "
     "in step order, so a prefix is the selection at any smaller budget.",
@@ -206,10 +208,16 @@ def domain_selection(
         },
         schema=SELECTION_SCHEMA,
     )
-    inputs = versions | {"laws/fits": fit.fits_version}
+    inputs = versions | {FITS_TABLE: fit.fits_version}
     version = _unchanged_selection(store, rows)
     if version is None:  # a new selection: the mixture pilots and the CMR must be rerun on it
-        commit = commit_info(context, DOMAIN_SELECTION, config.model_dump() | {"fit": fit.fit_key}, inputs)
+        commit = commit_info(
+            context,
+            DOMAIN_SELECTION,
+            config.model_dump() | {"fit": fit.fit_key},
+            inputs,
+            input_parts={FITS_TABLE: [fit.lineage_part]},
+        )
         version = store.overwrite(SELECTION_TABLE, rows, commit, predicate=None)
     else:
         context.log.info(f"the selection equals {SELECTION_TABLE} v{version}: kept (the CMR measured on it stands)")
@@ -273,6 +281,7 @@ def _unchanged_selection(store: DeltaStore, rows: pa.Table) -> int | None:
     group_name="dataset",
     kinds={"spark", "delta"},
     code_version="cpt-mixture-v1",
+    **governance("dataset", DATASET_SCHEMA),
     check_specs=[dg.AssetCheckSpec(name, asset=CPT_MIXTURE, blocking=True) for name in CHECKS],
     description="The CPT dataset: R·T_target domain tokens of the DOS selection and (1 − R)·T_target general "
     "replay tokens at the CMR answer R, interleaved; one row per chunk with why it is there and the versions it "
@@ -321,9 +330,16 @@ def cpt_mixture(
         SELECTION_TABLE: selection_version,
         SCORES_TABLE: head["scores_version"],
         DOCUMENTS_TABLE: head["documents_version"],
-        "laws/fits": cmr_fit.fits_version,
+        FITS_TABLE: max(cmr_fit.fits_version, ppl_fit.fits_version),
     }
-    commit = commit_info(context, CPT_MIXTURE, build, inputs)
+    commit = commit_info(
+        context,
+        CPT_MIXTURE,
+        build,
+        inputs,
+        input_parts={FITS_TABLE: [ppl_fit.lineage_part, cmr_fit.lineage_part]},
+        models=model_record(base_model),
+    )
     commit = type(commit)(**(asdict(commit) | {"extra": {BUILD_KEY: json.dumps(build, sort_keys=True, default=str)}}))
     version = _write(spark, store, rows, commit)
     try:  # the rows as written pass the same checks, and are exported; otherwise the table goes back

@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 from pydantic import Field
 
-from assets.lineage import commit_info, counts_markdown, delta_metadata, require_version
+from assets.lineage import commit_info, counts_markdown, delta_metadata, governance, require_version
 from assets.resources import DeltaStoreResource, SparkResource
 from assets.scores import CHUNK_PERPLEXITY
 from cpt.delta_store import CommitInfo, DeltaStore
@@ -52,6 +52,7 @@ class LandscapeConfig(dg.Config):
     group_name="landscape",
     kinds={"spark", "delta"},
     code_version="landscape-histograms-v1",
+    **governance("landscape", HISTOGRAMS_SCHEMA),
     check_specs=[
         dg.AssetCheckSpec(
             CHECK_MASS,
@@ -154,6 +155,7 @@ class RegimesConfig(dg.Config):
     group_name="landscape",
     kinds={"delta", "python"},
     code_version="landscape-regimes-v1",
+    **governance("landscape", REGIMES_SCHEMA),
     description="One row per candidate regime for the pilot runs: a window of the PPL-sorted domain train chunks "
     "(centre × width), a seeded random subset or the lowest-PPL subset, with its definition, chunk ids, tokens and "
     "landscape (μ, σ of PPL and of ln PPL). Built from the scores version and scoring the histograms pinned.",

@@ -101,10 +101,15 @@ def publish(
         "fitted_at": datetime.now(UTC),
     }
     commit = commit_info(context, context.asset_key, config.model_dump(), inputs)
-    predicate = partition_predicate({"law": out.law, "fit_key": fit_key})
+    predicate = fit_partition(out.law, fit_key)
     table = pa.Table.from_pylist([row], schema=FITS_SCHEMA)
     delta_version = store.overwrite(FITS_TABLE, table, commit, predicate=predicate, add_columns=True)
     return Published(run, version, promoted, delta_version)
+
+
+def fit_partition(law: str, fit_key: str) -> str:
+    """The predicate that scopes one fit's row of ``laws/fits``: its partition key in the table's lineage."""
+    return partition_predicate({"law": law, "fit_key": fit_key})
 
 
 def _track(context, mlflow: MlflowResource, out: FitOutput, config, inputs, register_as: str | None):
@@ -116,7 +121,7 @@ def _track(context, mlflow: MlflowResource, out: FitOutput, config, inputs, regi
     from cpt.laws.serving import CmrLawModel, PplLawModel
 
     params = {"options": config.model_dump(), "inputs": inputs}
-    tags = lineage_tags(context, inputs) | {"cptdata.gate": "passed" if out.gate.passed else "failed"}
+    tags = lineage_tags(context, inputs, mlflow) | {"cptdata.gate": "passed" if out.gate.passed else "failed"}
     run = start_run(mlflow, "laws", out.law, tags, params)
     metrics = {k: float(v) for k, v in out.quality.items() if isinstance(v, int | float) and v is not None}
     ok, version = False, ""
@@ -193,6 +198,11 @@ class CurrentFit:
     registered_model: str
     model_version: str
     dagster_run_id: str
+
+    @property
+    def lineage_part(self) -> str:
+        """The partition of ``laws/fits`` this fit's row is: what a commit that read it names in ``input_parts``."""
+        return fit_partition(self.law, self.fit_key)
 
     @property
     def gate_passed(self) -> bool:

@@ -20,7 +20,7 @@ from pydantic import Field
 from assets.corpus import DOCUMENTS_TABLE
 from assets.landscape import REGIMES, REGIMES_TABLE
 from assets.law_publishing import FITS_SCHEMA, FITS_TABLE, FitOutput, Published, publish
-from assets.lineage import delta_metadata, require_version
+from assets.lineage import delta_metadata, governance, require_version
 from assets.pilots import MIXTURE_RUNS, MIXTURE_RUNS_TABLE, REGIME_RUNS, REGIME_RUNS_TABLE
 from assets.resources import DeltaStoreResource, MlflowResource
 from cpt.landscape.regimes import RANDOM
@@ -123,6 +123,7 @@ class CmrConfig(dg.Config):
     group_name="laws",
     kinds={"scipy", "mlflow", "delta"},
     code_version="ppl-law-v2",
+    **governance("laws", FITS_SCHEMA),
     check_specs=[
         dg.AssetCheckSpec(
             CHECK_PPL_QUALITY,
@@ -186,6 +187,7 @@ def ppl_law(
     group_name="laws",
     kinds={"scipy", "mlflow", "delta"},
     code_version="cmr-v2",
+    **governance("laws", FITS_SCHEMA),
     check_specs=[
         dg.AssetCheckSpec(
             CHECK_CMR_QUALITY,

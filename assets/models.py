@@ -6,6 +6,7 @@ import dagster as dg
 import pyarrow.compute as pc
 
 from assets.corpus import DOCUMENTS, DOCUMENTS_TABLE
+from assets.lineage import governance
 from assets.resources import BaseModelResource, DeltaStoreResource
 from cpt.models.base_model import (
     ModelManifest,
@@ -27,6 +28,7 @@ BASE_MODEL = dg.AssetKey(["models", "base_model"])
     kinds={"pytorch", "huggingface"},
     io_manager_key="manifest_io_manager",
     code_version="base-model-v1",
+    **governance("models"),
     description="The base model of every later stage (one manifest): where it lives, its content revision, file "
     "hashes, parameter count and tokenizer; for the self-pretrained quick-start model, its loss curve.",
 )

@@ -22,7 +22,7 @@ from pydantic import Field
 
 from assets.corpus import DOCUMENTS_TABLE
 from assets.landscape import REGIMES, REGIMES_TABLE
-from assets.lineage import commit_info, delta_metadata, require_version
+from assets.lineage import commit_info, delta_metadata, governance, require_version
 from assets.models import BASE_MODEL
 from assets.resources import DeltaStoreResource, MlflowResource
 from assets.scores import CHUNK_PERPLEXITY
@@ -30,6 +30,7 @@ from assets.tracking import finish, lineage_tags, log_metrics, start_run
 from cpt.delta_store import DeltaStore, partition_predicate
 from cpt.hashing import config_hash
 from cpt.landscape.regimes import LOW_PPL, RANDOM, RegimeConfig, SubsetStats, window_name
+from cpt.lineage.graph import model_record
 from cpt.models.base_model import ModelManifest, load_model
 from cpt.scoring.windows import Chunk
 from cpt.training.pilot_data import rebuild_chunks
@@ -154,6 +155,7 @@ def _as_failure():
     group_name="pilots",
     kinds={"pytorch", "mlflow", "delta"},
     code_version="regime-runs-v2",
+    **governance("pilots", PILOT_POINTS_SCHEMA),
     description="One pilot CPT run per (regime, size): the base model trained on the first `size` tokens of a "
     "landscape regime; μ, σ and D of what it trained on, and its domain/general loss curve.",
 )
@@ -196,6 +198,7 @@ def regime_runs(
     group_name="pilots",
     kinds={"pytorch", "mlflow", "delta"},
     code_version="mixture-runs-v3",
+    **governance("pilots", PILOT_POINTS_SCHEMA),
     description="One pilot CPT run per mixture ratio R: the first R·T_max tokens of the DOS domain selection (the "
     "data the dataset will hold) interleaved with general replay at R, trained to T_max tokens, with domain and "
     "general loss trajectories from T = 0.",
@@ -343,7 +346,9 @@ def _run(
         tokenizer, held_out["domain"].chunk_ids, held_out["general"].chunk_ids, domain_ids, general_ids
     )
     eval_set = config_hash(sorted(c.chunk_id for c in [*domain_eval, *general_eval]))
-    tags = lineage_tags(context, versions, base_model_revision=manifest.revision, base_model_source=manifest.source)
+    tags = lineage_tags(
+        context, versions, mlflow, base_model_revision=manifest.revision, base_model_source=manifest.source
+    )
     run_name = f"{context.asset_key.path[-1]}:{context.partition_key}"
     tracked = start_run(mlflow, "pilots", run_name, tags, params | {"train": asdict(train_config)})
     context.log.info(
@@ -389,7 +394,13 @@ def _run(
         rows = pa.Table.from_pylist(
             curve_rows(result, info, held_out["domain"], held_out["general"]), schema=PILOT_POINTS_SCHEMA
         )
-        commit = commit_info(context, context.asset_key, {"params": params, "train": train_config}, versions)
+        commit = commit_info(
+            context,
+            context.asset_key,
+            {"params": params, "train": train_config},
+            versions,
+            models=model_record(manifest.to_json()),
+        )
         predicate = partition_predicate({"partition": context.partition_key})
         # add_columns: a pilot table written before a column existed gains it (older rows read it as null)
         version = store.overwrite(table, rows, commit, predicate=predicate, add_columns=True)

@@ -18,6 +18,7 @@ from pydantic import Field
 
 from cpt.corpus.sources import LandingScan, SourceSpec, landing_sources
 from cpt.delta_store import DeltaStore
+from cpt.lineage.openlineage import OpenLineageEmitter
 from spark_jobs.session import SparkSettings, build_session
 
 if TYPE_CHECKING:
@@ -50,6 +51,15 @@ class DeltaStoreResource(dg.ConfigurableResource):
         json_schema_extra=SECRET,
     )
 
+    openlineage_file: str | None = Field(
+        None, description="where every commit's OpenLineage event is appended (JSON lines); None: no file"
+    )
+    openlineage_url: str | None = Field(None, description="an OpenLineage HTTP endpoint (Marquez) to send them to")
+    openlineage_api_key: str | None = Field(
+        None, description='its API key: dg.EnvVar("CPTDATA_OPENLINEAGE_API_KEY")', json_schema_extra=SECRET
+    )
+    openlineage_namespace: str = Field("cptdata", description="the OpenLineage job namespace")
+
     def store(self) -> DeltaStore:
         try:
             secret = json.loads(self.storage_options_json or "{}")
@@ -57,7 +67,12 @@ class DeltaStoreResource(dg.ConfigurableResource):
             raise dg.Failure(f"the Delta storage options are not valid JSON ({exc.msg})") from None
         if not isinstance(secret, dict):
             raise dg.Failure("the Delta storage options must be a JSON object")
-        return DeltaStore(self.root_uri, {**self.storage_options, **secret})
+        emitter = None
+        if self.openlineage_file or self.openlineage_url:
+            emitter = OpenLineageEmitter(
+                self.openlineage_namespace, self.openlineage_file, self.openlineage_url, self.openlineage_api_key
+            )
+        return DeltaStore(self.root_uri, {**self.storage_options, **secret}, on_commit=emitter)
 
 
 class SparkResource(dg.ConfigurableResource):
@@ -99,7 +114,8 @@ class MlflowResource(dg.ConfigurableResource):
     tracking_uri: str = Field(json_schema_extra=SECRET)
     registry_uri: str | None = Field(None, json_schema_extra=SECRET)  # default: the tracking store
     experiment_prefix: str = "cptdata"  # experiments are "<prefix>/<stage>", e.g. cptdata/pilots
-    ui_url: str | None = None  # e.g. http://127.0.0.1:5000 (``make mlflow-ui``); run links point there
+    ui_url: str | None = None  # CPTDATA_MLFLOW_UI (``make mlflow-ui`` sets it); run links point there
+    dagster_ui_url: str | None = None  # CPTDATA_DAGSTER_UI: each MLflow run links back to its Dagster run there
     # where new experiments keep their artifacts (plots, fits, models); None: the tracking server's default. Set it
     # for a database store, whose default is ./mlruns under whatever directory the process runs in.
     artifact_root: str | None = None
@@ -127,6 +143,10 @@ class MlflowResource(dg.ConfigurableResource):
         if self.ui_url:
             return dg.MetadataValue.url(f"{self.ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}")
         return dg.MetadataValue.text(f"runs:/{run_id} in {redact_uri(self.tracking_uri)}")
+
+    def dagster_run_url(self, dagster_run_id: str) -> str | None:
+        """Where the Dagster UI shows a run (tagged on its MLflow runs), when that UI's address is configured."""
+        return f"{self.dagster_ui_url.rstrip('/')}/runs/{dagster_run_id}" if self.dagster_ui_url else None
 
 
 class SourceConfig(dg.Config):

@@ -22,11 +22,12 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from assets.corpus import DOCUMENTS, DOCUMENTS_TABLE
-from assets.lineage import delta_metadata, package_version
+from assets.lineage import delta_metadata, governance, package_version
 from assets.models import BASE_MODEL
 from assets.partitions import corpus_sources
 from assets.resources import DeltaStoreResource, SparkResource
 from cpt.hashing import config_hash
+from cpt.lineage.graph import model_record
 from cpt.models.base_model import ModelManifest, load_tokenizer
 from cpt.scoring.coverage import unscored_documents_with_chunks, value_problems
 from cpt.scoring.schema import SCORES_SCHEMA
@@ -73,6 +74,7 @@ class ScoringConfig(dg.Config):
     group_name="scores",
     kinds={"spark", "delta", "pytorch"},
     code_version="chunk-perplexity-v1",
+    **governance("scores", SCORES_SCHEMA),
     check_specs=[
         dg.AssetCheckSpec(
             CHECK_COVERAGE,
@@ -124,6 +126,7 @@ def chunk_perplexity(
             {"scoring": config.model_dump(exclude={"orphan_min_age_seconds"}), "model": manifest.revision}
         ),
         orphan_min_age_s=config.orphan_min_age_seconds,
+        model_record=model_record(base_model),
     )
     context.log.info(
         f"scoring sources {list(sources)} at corpus/documents v{documents_version} with "

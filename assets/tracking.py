@@ -10,6 +10,7 @@ from typing import Any
 import dagster as dg
 
 from assets.resources import MlflowResource
+from cpt.lineage.code import code_record
 
 PARAM_LIMIT = 6000  # MLflow's limit on a parameter value's length
 
@@ -20,8 +21,14 @@ class TrackedRun:
     run_id: str
 
 
-def lineage_tags(context: dg.AssetExecutionContext, input_versions: Mapping[str, int | None], **extra: str) -> dict:
-    """Tags that tie an MLflow run back to Dagster: run id, asset, partition, input Delta versions."""
+def lineage_tags(
+    context: dg.AssetExecutionContext,
+    input_versions: Mapping[str, int | None],
+    mlflow: MlflowResource | None = None,
+    **extra: str,
+) -> dict:
+    """Tags that tie an MLflow run back to Dagster: run id (and its URL in the Dagster UI, where configured), asset,
+    partition, input Delta versions, the code version."""
     tags = {
         "dagster.run_id": context.run.run_id,
         "dagster.asset_key": context.asset_key.to_user_string(),
@@ -29,6 +36,11 @@ def lineage_tags(context: dg.AssetExecutionContext, input_versions: Mapping[str,
         "dagster.job": context.run.job_name,
     }
     tags |= {f"delta.{name}.version": str(v) for name, v in input_versions.items()}
+    code = code_record()
+    tags |= {"cptdata.git_commit": str(code["git_commit"]), "cptdata.git_dirty": str(code["git_dirty"])}
+    url = mlflow.dagster_run_url(context.run.run_id) if mlflow is not None else None
+    if url:
+        tags["dagster.run_url"] = url
     return tags | {k: str(v) for k, v in extra.items()}
 
 

@@ -32,13 +32,14 @@ the Spark tasks' own writes do, so credentials come from the environment there.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -54,6 +55,9 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from deltalake.transaction import AddAction, create_table_with_add_actions
 
+from cpt.lineage import graph as lineage_graph
+from cpt.lineage.code import code_record
+
 COMMIT_ID_KEY = "cptdata.commit_id"
 COMMIT_ATTEMPTS = 6
 UNIQUE_GUARD_PREFIX = "cptdata.unique:"  # application transaction every commit_unique_files commit carries
@@ -61,6 +65,8 @@ LEASE_DIR = "_cptdata_writes"  # leases of writes in flight (hidden from Delta r
 LEASE_HEARTBEAT_S = 30.0
 LEASE_TIMEOUT_S = 600.0  # a lease not renewed for this long belongs to a dead (or hopelessly stuck) writer
 DEFAULT_ORPHAN_AGE_S = 3600.0
+
+_log = logging.getLogger(__name__)
 
 
 class DeltaStoreError(RuntimeError):
@@ -78,6 +84,11 @@ class CommitInfo:
     partition: str | None = None
     input_versions: Mapping[str, int] = field(default_factory=dict)
     extra: Mapping[str, str] = field(default_factory=dict)  # more ``cptdata.*`` keys (e.g. a dataset's build record)
+    # lineage beyond table versions (see cpt.lineage.graph): of the inputs, the partitions read where not the whole
+    # table; the source files (cpt.lineage.graph.FILE_FIELDS) and base models (model_record) read
+    input_parts: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    files: Sequence[Mapping[str, Any]] = ()
+    models: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def custom_metadata(self, commit_id: str) -> dict[str, str]:
         return dict(self.extra) | {
@@ -88,7 +99,22 @@ class CommitInfo:
             "cptdata.code_version": self.code_version,
             "cptdata.config_hash": self.config_hash,
             "cptdata.input_versions": json.dumps(dict(self.input_versions), sort_keys=True),
+            "cptdata.input_parts": json.dumps({k: list(v) for k, v in self.input_parts.items()}, sort_keys=True),
+            "cptdata.files": json.dumps(list(self.files), sort_keys=True),
+            "cptdata.models": json.dumps(dict(self.models), sort_keys=True, default=str),
+            "cptdata.code": json.dumps(code_record(), sort_keys=True),
         }
+
+
+@dataclass(frozen=True)
+class CommittedVersion:
+    """A version some writer of this store has just committed: what an ``on_commit`` listener receives."""
+
+    table: str
+    table_uri: str
+    version: int
+    metadata: Mapping[str, str]  # the commit's custom metadata, lineage included
+    schema: pa.Schema
 
 
 @dataclass(frozen=True)
@@ -174,11 +200,20 @@ def partition_predicate(values: Mapping[str, str | int | float]) -> str:
 class DeltaStore:
     """Versioned tables under one root, addressed by asset-key paths."""
 
-    def __init__(self, root_uri: str, storage_options: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        root_uri: str,
+        storage_options: Mapping[str, str] | None = None,
+        on_commit: Callable[[CommittedVersion], None] | None = None,
+    ) -> None:
+        """``on_commit`` hears of every version this store commits (e.g. to emit OpenLineage events); its failure
+        is logged, never raised: the commit has landed."""
         if "://" not in root_uri:
             root_uri = str(Path(root_uri).expanduser().resolve())
         self.root_uri = root_uri.rstrip("/")
         self.storage_options = dict(storage_options or {}) or None
+        self.on_commit = on_commit
+        self._folds: dict[str, dict[int, lineage_graph.State]] = {}  # table → version → commits held (immutable)
 
     # ---- addressing and reading -------------------------------------------------------------------------------
     def table_uri(self, key: str | Sequence[str]) -> str:
@@ -226,10 +261,9 @@ class DeltaStore:
         """A new version whose content is that of ``version`` (a build that failed after its commit is undone);
         returns the new version."""
         commit_id = uuid.uuid4().hex
-        self.table(key).restore(
-            version, commit_properties=CommitProperties(custom_metadata=commit.custom_metadata(commit_id))
-        )
-        return self._version_of(key, commit_id)
+        metadata = self._stamp(key, commit, commit_id, "restore", restored_version=version)
+        self.table(key).restore(version, commit_properties=CommitProperties(custom_metadata=metadata))
+        return self._landed(key, commit_id, metadata)
 
     def commit_metadata(self, key: str | Sequence[str], version: int) -> dict[str, Any]:
         """The commit entry (operation, custom metadata) that made ``version`` of the table."""
@@ -302,7 +336,9 @@ class DeltaStore:
                 mode="ignore",
                 partition_by=list(partition_by) if partition_by else None,
                 storage_options=self.storage_options,
-                commit_properties=CommitProperties(custom_metadata=commit.custom_metadata(uuid.uuid4().hex)),
+                commit_properties=CommitProperties(
+                    custom_metadata=self._stamp(key, commit, uuid.uuid4().hex, "create", own=False)
+                ),
             )
         except Exception:
             if not self.exists(key):  # lost a race to a concurrent creator: fine; anything else is an error
@@ -326,19 +362,20 @@ class DeltaStore:
         commit_id = uuid.uuid4().hex
         predicate = " AND ".join(f"t.{c} = s.{c}" for c in on)
         dt = self.table(key)
+        metadata = self._stamp(key, commit, commit_id, "append", commit.partition or "")
         (
             dt.merge(
                 data,
                 predicate,
                 source_alias="s",
                 target_alias="t",
-                commit_properties=CommitProperties(custom_metadata=commit.custom_metadata(commit_id)),
+                commit_properties=CommitProperties(custom_metadata=metadata),
             )
             .when_matched_update_all()
             .when_not_matched_insert_all()
             .execute()
         )
-        return self._version_of(key, commit_id)
+        return self._landed(key, commit_id, metadata)
 
     def already_committed(self, key: str | Sequence[str], app_id: str | None, app_version: int) -> bool:
         """Whether the application transaction (app_id, app_version) — or a later one — has landed in the table."""
@@ -394,8 +431,15 @@ class DeltaStore:
             elif len(new_files) != len(files):
                 raise DeltaStoreError("some of the files of this replace are already in the table, some are not")
         commit_id = uuid.uuid4().hex
+        if replace_all:
+            write, part = "replace_all", ""
+        elif replace_partitions is not None:
+            write, part = "replace_partition", partition_predicate(replace_partitions)
+        else:
+            write, part = "append", commit.partition or ""
+        metadata = self._stamp(key, commit, commit_id, write, part)
         properties = CommitProperties(
-            custom_metadata=commit.custom_metadata(commit_id),
+            custom_metadata=metadata,
             app_transactions=[Transaction(app_id, app_version)] if app_id is not None else None,
         )
         actions = [_add_action(f) for f in files]
@@ -419,7 +463,7 @@ class DeltaStore:
                 partition_filters=filters,
                 commit_properties=properties,
             )
-        return self._version_of(key, commit_id)
+        return self._landed(key, commit_id, metadata)
 
     def commit_unique_files(
         self,
@@ -456,6 +500,7 @@ class DeltaStore:
         files, dropped, superseded, attempts = [f for f in files if unquote(f.path) not in held], 0, [], 0
         guard = UNIQUE_GUARD_PREFIX + ",".join(unique_on)
         commit_id = uuid.uuid4().hex
+        metadata = self._stamp(key, commit, commit_id, "append", commit.partition or "")
         try:
             for attempt in range(COMMIT_ATTEMPTS):
                 attempts = attempt + 1
@@ -480,9 +525,7 @@ class DeltaStore:
                         mode="append",
                         schema=_delta_schema(schema),
                         partition_by=list(partition_by) or None,
-                        commit_properties=CommitProperties(
-                            custom_metadata=commit.custom_metadata(commit_id), app_transactions=txns
-                        ),
+                        commit_properties=CommitProperties(custom_metadata=metadata, app_transactions=txns),
                     )
                 except CommitFailedError:
                     # Another guarded commit landed after the version we checked: nothing of ours is in the table.
@@ -490,7 +533,7 @@ class DeltaStore:
                         raise
                     time.sleep(random.uniform(0.05, 0.2) * 2**attempt)
                     continue
-                version = self._version_of(key, commit_id)
+                version = self._landed(key, commit_id, metadata)
                 return UniqueCommit(version, True, sum(f.num_records for f in files), dropped, attempts)
             raise AssertionError("unreachable")  # the loop returns or raises
         finally:
@@ -749,6 +792,11 @@ class DeltaStore:
         merge: bool = False,
     ) -> int:
         commit_id = uuid.uuid4().hex
+        if mode == "append":
+            write, part = "append", commit.partition or ""
+        else:
+            write, part = ("replace_all", "") if predicate is None else ("replace_partition", predicate)
+        metadata = self._stamp(key, commit, commit_id, write, part)
         for attempt in range(COMMIT_ATTEMPTS):
             try:
                 write_deltalake(
@@ -759,7 +807,7 @@ class DeltaStore:
                     partition_by=list(partition_by) if partition_by else None,
                     schema_mode="merge" if merge else None,
                     storage_options=self.storage_options,
-                    commit_properties=CommitProperties(custom_metadata=commit.custom_metadata(commit_id)),
+                    commit_properties=CommitProperties(custom_metadata=metadata),
                 )
                 break
             except CommitFailedError:
@@ -768,7 +816,93 @@ class DeltaStore:
                 if attempt + 1 == COMMIT_ATTEMPTS:
                     raise
                 time.sleep(random.uniform(0.05, 0.2) * 2**attempt)
-        return self._version_of(key, commit_id)
+        return self._landed(key, commit_id, metadata)
+
+    # ---- lineage ------------------------------------------------------------------------------------------------
+    def tables(self, depth: int = 2) -> list[str]:
+        """The keys of the tables under the root (folders holding a ``_delta_log``, up to ``depth`` levels)."""
+        fs, root = pafs.FileSystem.from_uri(self.root_uri)
+        found, level = [], [""]
+        for _ in range(depth):
+            deeper = []
+            for prefix in level:
+                infos = fs.get_file_info(pafs.FileSelector(f"{root}/{prefix}".rstrip("/"), allow_not_found=True))
+                for info in sorted(infos, key=lambda i: i.base_name):
+                    if info.type != pafs.FileType.Directory or info.base_name.startswith(("_", ".")):
+                        continue
+                    key = f"{prefix}/{info.base_name}".lstrip("/")
+                    is_table = fs.get_file_info(f"{info.path}/_delta_log").type == pafs.FileType.Directory
+                    (found if is_table else deeper).append(key)
+            level = deeper
+        return sorted(found)
+
+    def lineage(
+        self, key: str | Sequence[str], version: int, parts: Sequence[str] | None = None
+    ) -> lineage_graph.Lineage:
+        """What version ``version`` of a table was built from (transitively): the folded lineage of the commits
+        whose rows it holds, only those of partitions ``parts`` when given (see :mod:`cpt.lineage.graph`)."""
+        name = key if isinstance(key, str) else "/".join(key)
+        return lineage_graph.version_lineage(self.lineage_state(name, version), parts, name)
+
+    def lineage_state(self, key: str | Sequence[str], version: int) -> lineage_graph.State:
+        """Per partition, the commit entries whose rows version ``version`` of the table holds."""
+        name = key if isinstance(key, str) else "/".join(key)
+        states = self._folds.get(name, {})
+        if version not in states:
+            states = lineage_graph.fold_history(self.history(name))
+            self._folds[name] = states
+        if version not in states:
+            raise DeltaStoreError(f"{name} has no version {version} in its Delta log")
+        return states[version]
+
+    def _stamp(
+        self,
+        key: str | Sequence[str],
+        commit: CommitInfo,
+        commit_id: str,
+        write: str,
+        part: str = "",
+        *,
+        restored_version: int | None = None,
+        own: bool = True,
+    ) -> dict[str, str]:
+        """A commit's custom metadata: its CommitInfo, how its rows enter the table, and its own lineage (the
+        inputs it read with everything they were built from)."""
+        metadata = commit.custom_metadata(commit_id) | {"cptdata.write": write, "cptdata.part": part}
+        if restored_version is not None:
+            metadata["cptdata.restored_version"] = str(restored_version)
+        if own:
+            name = key if isinstance(key, str) else "/".join(key)
+            metadata["cptdata.lineage"] = json.dumps(self._own_lineage(name, commit), sort_keys=True)
+        return metadata
+
+    def _own_lineage(self, table_written: str, commit: CommitInfo) -> lineage_graph.Lineage:
+        found = [{"files": list(commit.files), "models": dict(commit.models)}]
+        read = {t: v for t, v in commit.input_versions.items() if t != table_written}  # see graph.direct_inputs
+        for model in commit.models.values():  # a model pretrained here was built from these table versions
+            read |= {t: v for t, v in (model.get("trained_on") or {}).items() if t not in read}
+        for table, version in read.items():
+            if not isinstance(version, int):
+                continue
+            found.append(lineage_graph.direct(table, version))
+            parts = commit.input_parts.get(table)
+            try:
+                found.append(self.lineage(table, version, list(parts) if parts is not None else None))
+            except (DeltaStoreError, TableNotFoundError, OSError) as exc:  # recorded as read, not expanded
+                _log.warning(f"lineage of {table} v{version} could not be read: {exc}")
+        return lineage_graph.merge(*found)
+
+    def _landed(self, key: str | Sequence[str], commit_id: str, metadata: Mapping[str, str]) -> int:
+        """The version our commit created; the ``on_commit`` listener hears of it."""
+        version = self._version_of(key, commit_id)
+        if self.on_commit is not None:
+            name = key if isinstance(key, str) else "/".join(key)
+            try:
+                schema = pa.schema(self.table(name, version).schema().to_arrow())
+                self.on_commit(CommittedVersion(name, self.table_uri(name), version, dict(metadata), schema))
+            except Exception as exc:  # the commit has landed; a listener's failure must not undo or hide that
+                _log.warning(f"the on_commit listener failed for {name} v{version}: {exc}")
+        return version
 
     def _version_of(self, key: str | Sequence[str], commit_id: str, search_depth: int = 100) -> int:
         # delta-rs numbers history entries down from the snapshot's version, so a commit landing while the history

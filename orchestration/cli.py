@@ -10,6 +10,11 @@ cptdata laws                 fit both scaling laws on the pilot tables (MLflow r
 cptdata select               fit the PPL law, then select domain chunks toward its target landscape (DOS)
 cptdata dataset              build the CPT dataset at the CMR answer (checked, exported with a manifest)
 cptdata export [VERSION]     (re)write the exports of a dataset version (default: the latest), checked first
+cptdata audit [TABLE[@VERSION]] [--json] [--out DIR]
+                             the lineage of a table version (default: the latest dataset): source files with
+                             SHA-256, base model, upstream table versions, fits, Dagster runs, code — Markdown
+cptdata audit --uses FILE_OR_TABLE@VERSION
+                             every table version built from a source file (path or sha256:HEX) or table version
 
 The main job (demo): ingest → base model → score → landscape → regime pilots → PPL law + DOS selection → mixture
 pilots (on the selection) → CMR → dataset.
@@ -382,6 +387,45 @@ def export(profile: Profile, version: int | None, shard_chunks: int) -> bool:
     return not problems
 
 
+def audit(profile: Profile, ref: str | None, uses_ref: str | None, as_json: bool, out: str | None) -> bool:
+    """Print the lineage report of a table version, or what was built from a file or table version (no run)."""
+    import json
+
+    from assets.audit import report_for
+    from cpt.lineage.report import to_markdown, uses, uses_markdown
+    from spark_jobs.dataset import DATASET_TABLE
+
+    with dg.build_resources({"delta": profile.delta, "mlflow": profile.mlflow}) as resources:
+        store = resources.delta.store()
+        if uses_ref is not None:
+            target = str(Path(uses_ref).resolve()) if Path(uses_ref).exists() else uses_ref
+            found = uses(store, store.tables(), target)
+            print(json.dumps(found, indent=2) if as_json else uses_markdown(target, found), flush=True)
+            return True
+        table, _, version_text = (ref or DATASET_TABLE).partition("@")
+        if not store.exists(table):
+            raise UsageError(
+                f"no table {table!r} under {store.root_uri}; tables: {', '.join(store.tables()) or 'none'}"
+            )
+        latest = store.version(table)
+        if version_text and not version_text.isdigit():
+            raise UsageError(f"{ref!r}: write TABLE@VERSION with a whole version number, e.g. {table}@{latest}")
+        version = int(version_text) if version_text else latest
+        if not 0 <= version <= latest:
+            raise UsageError(f"{table} has no version {version} (latest: {latest})")
+        report = report_for(store, resources.mlflow, table, version)
+    markdown = to_markdown(report)
+    if out:
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = f"{table.replace('/', '_')}_v{version}"
+        (folder / f"{stem}.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=str))
+        (folder / f"{stem}.md").write_text(markdown)
+        _err(f"wrote {folder / stem}.json and .md", level="info")
+    print(json.dumps(report, indent=2, sort_keys=True, default=str) if as_json else markdown, flush=True)
+    return True
+
+
 def _check_known(names: list[str], known: list[str]) -> None:
     unknown = [n for n in dict.fromkeys(names) if n not in known]
     if unknown:
@@ -410,6 +454,11 @@ def _parser() -> argparse.ArgumentParser:
     p_export = sub.add_parser("export", help="write the exports of a dataset version (checked first)")
     p_export.add_argument("version", nargs="?", type=int, help="dataset version (default: the latest)")
     p_export.add_argument("--shard-chunks", type=int, default=4096, help="chunks per shard (default 4096)")
+    p_audit = sub.add_parser("audit", help="the lineage of a table version, or what was built from something")
+    p_audit.add_argument("ref", nargs="?", metavar="TABLE[@VERSION]", help="default: the latest dataset version")
+    p_audit.add_argument("--uses", metavar="FILE_OR_TABLE@VERSION", help="list everything built from it instead")
+    p_audit.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
+    p_audit.add_argument("--out", metavar="DIR", help="also write the report as DIR/<table>_v<N>.json and .md")
     return parser
 
 
@@ -487,6 +536,7 @@ def _run(args: argparse.Namespace, profile: Profile, instance: dg.DagsterInstanc
     names = register(defs, instance)
     print(
         f"[cptdata] profile {profile.name}; DAGSTER_HOME={os.environ['DAGSTER_HOME']}; sources: {', '.join(names)}",
+        file=sys.stderr if args.command == "audit" else sys.stdout,  # audit's stdout is the report alone
         flush=True,
     )
     if args.command == "register":
@@ -509,6 +559,9 @@ def _run(args: argparse.Namespace, profile: Profile, instance: dg.DagsterInstanc
         dataset(defs, instance)
     elif args.command == "export":
         export(profile, args.version, args.shard_chunks)
+    elif args.command == "audit":
+        audit(profile, args.ref, args.uses, args.json, args.out)
+        return EXIT_OK  # the report is the output: no "done" line after it
     else:
         (
             ingest(defs, instance, names)

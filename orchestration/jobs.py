@@ -60,8 +60,15 @@ fit_cmr_job = dg.define_asset_job(
 
 build_dataset_job = dg.define_asset_job(
     "build_dataset",
-    selection=dg.AssetSelection.assets(["dataset", "cpt_mixture"]),
-    description="Build the CPT dataset at the CMR answer: DOS domain chunks + general replay, checked and exported.",
+    selection=dg.AssetSelection.assets(["dataset", "cpt_mixture"], ["audit", "lineage_report"]),
+    description="Build the CPT dataset at the CMR answer: DOS domain chunks + general replay, checked and exported; "
+    "then report its lineage.",
+)
+
+audit_lineage_job = dg.define_asset_job(
+    "audit_lineage",
+    selection=dg.AssetSelection.groups("audit"),
+    description="Report the lineage of every dataset version not yet reported, and of the latest.",
 )
 
 ALL_JOBS = [
@@ -75,4 +82,5 @@ ALL_JOBS = [
     select_domain_data_job,
     fit_cmr_job,
     build_dataset_job,
+    audit_lineage_job,
 ]

@@ -28,6 +28,7 @@ from assets.resources import (
     MlflowResource,
     SourceConfig,
     SparkResource,
+    redact_uri,
 )
 from orchestration.settings import PROFILES, EnvSettings, load_settings
 
@@ -92,7 +93,8 @@ def load_profile(env: Mapping[str, str]) -> Profile:
     )
     mlflow = MlflowResource(
         tracking_uri=_secret("MLFLOW_TRACKING_URI", s.mlflow_tracking_uri, f"sqlite:///{home / 'mlflow.db'}"),
-        ui_url=s.mlflow_ui or "http://127.0.0.1:5000",
+        ui_url=s.mlflow_ui or _server_ui(s.mlflow_tracking_uri),
+        dagster_ui_url=s.dagster_ui,
         artifact_root=None if s.mlflow_tracking_uri is not None else (home / "mlflow-artifacts").as_uri(),
     )
     if s.profile == "cluster":
@@ -100,6 +102,7 @@ def load_profile(env: Mapping[str, str]) -> Profile:
         delta = DeltaStoreResource(
             root_uri=s.delta_root,
             storage_options_json=_secret("CPTDATA_DELTA_STORAGE_OPTIONS", s.delta_storage_options, "{}"),
+            **_openlineage(s, home),
         )
         spark = SparkResource(
             master=s.spark_master or "local[*]",
@@ -112,7 +115,7 @@ def load_profile(env: Mapping[str, str]) -> Profile:
             storage_options_json=_secret("CPTDATA_DELTA_STORAGE_OPTIONS", s.delta_storage_options, "{}"),
         )
     else:
-        delta = DeltaStoreResource(root_uri=str(home / "delta"))
+        delta = DeltaStoreResource(root_uri=str(home / "delta"), **_openlineage(s, home))
         spark = SparkResource(master=s.spark_master or "local[2]")
     return Profile(
         name=s.profile,
@@ -126,6 +129,25 @@ def load_profile(env: Mapping[str, str]) -> Profile:
         corpus_build_cron=s.corpus_build_cron,
         corpus_build_on=s.corpus_build_on,
     )
+
+
+def _server_ui(tracking_uri: str | None) -> str | None:
+    """An MLflow tracking server serves its UI at the same address; a local store has none (``make mlflow-ui``
+    serves one, and sets CPTDATA_MLFLOW_UI to it)."""
+    if tracking_uri and tracking_uri.startswith(("http://", "https://")):
+        return redact_uri(tracking_uri)
+    return None
+
+
+def _openlineage(s: EnvSettings, home: Path) -> dict[str, object]:
+    """Every commit's OpenLineage event goes to a JSON-lines file (default ``<home>/openlineage/events.jsonl``; off
+    with ``CPTDATA_OPENLINEAGE_FILE=off``) and, when ``CPTDATA_OPENLINEAGE_URL`` is set, to that endpoint."""
+    file = s.openlineage_file or str(home / "openlineage" / "events.jsonl")
+    return {
+        "openlineage_file": None if file.lower() == "off" else file,
+        "openlineage_url": s.openlineage_url,
+        "openlineage_api_key": _secret("CPTDATA_OPENLINEAGE_API_KEY", s.openlineage_api_key, None),
+    }
 
 
 def _secret(name: str, value: str | None, default: str | None):

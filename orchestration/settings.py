@@ -27,7 +27,9 @@ from cpt.corpus.sources import CorpusRole, SourceFormat, SourceSpec, SplitPolicy
 PROFILES = ("quickstart", "smollm2", "cluster")
 # Settings whose values may hold credentials: they reach resources only as ``dg.EnvVar`` (resolved when a run
 # starts) and are never echoed in an error, a log line or metadata.
-SECRET_SETTINGS = frozenset({"CPTDATA_DELTA_STORAGE_OPTIONS", "MLFLOW_TRACKING_URI", "CPTDATA_SPARK_CONNECT"})
+SECRET_SETTINGS = frozenset(
+    {"CPTDATA_DELTA_STORAGE_OPTIONS", "MLFLOW_TRACKING_URI", "CPTDATA_SPARK_CONNECT", "CPTDATA_OPENLINEAGE_API_KEY"}
+)
 # Settings only the cluster profile reads: set under another profile they are ignored, with a warning.
 CLUSTER_ONLY = (
     "CPTDATA_DELTA_ROOT",
@@ -81,6 +83,14 @@ class EnvSettings(BaseModel):
     )
     mlflow_tracking_uri: str | None = Field(None, alias="MLFLOW_TRACKING_URI", description="an MLflow tracking URI")
     mlflow_ui: str | None = Field(None, alias="CPTDATA_MLFLOW_UI", description="an http(s) URL")
+    dagster_ui: str | None = Field(None, alias="CPTDATA_DAGSTER_UI", description="an http(s) URL")
+    openlineage_url: str | None = Field(
+        None, alias="CPTDATA_OPENLINEAGE_URL", description="an http(s) URL of an OpenLineage (Marquez) endpoint"
+    )
+    openlineage_api_key: str | None = Field(None, alias="CPTDATA_OPENLINEAGE_API_KEY", description="an API key")
+    openlineage_file: str | None = Field(
+        None, alias="CPTDATA_OPENLINEAGE_FILE", description="a file for OpenLineage events (JSON lines), or off"
+    )
     delta_root: str | None = Field(None, alias="CPTDATA_DELTA_ROOT", description="a folder or an object-store URI")
     delta_storage_options: str | None = Field(
         None, alias="CPTDATA_DELTA_STORAGE_OPTIONS", description='a JSON object of strings, e.g. {"AWS_REGION": "…"}'
@@ -140,7 +150,7 @@ class EnvSettings(BaseModel):
             raise ValueError("is not a file; it must name a JSON list of sources")
         return value
 
-    @field_validator("mlflow_ui")
+    @field_validator("mlflow_ui", "dagster_ui", "openlineage_url")
     @classmethod
     def _url(cls, value: str) -> str:
         if not re.fullmatch(r"https?://\S+", value):

@@ -31,10 +31,10 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pyarrow.compute as pc
 
@@ -67,6 +67,7 @@ class ScoringJobSpec:
     ship_model: bool = False  # send the model folder as an archive (addArchive) instead of assuming a shared path
     code_version: str = "scoring-v1"
     config_hash: str = ""
+    model_record: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # lineage: cpt.lineage.graph
     # orphaned files (of killed runs) younger than this are kept; 0: remove every orphan whose writer is gone
     orphan_min_age_s: float = DEFAULT_ORPHAN_AGE_S
 
@@ -150,6 +151,7 @@ def run_scoring_job(
         config_hash=spec.config_hash,
         partition=",".join(spec.sources) or None,
         input_versions={DOCUMENTS_TABLE: spec.documents_version},
+        models=spec.model_record,
     )
     with _StageProgress(spark, on_progress, f"scoring {to_score} documents"):
         written = write_unique_to_delta(

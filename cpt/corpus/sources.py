@@ -16,6 +16,7 @@ import os
 import re
 import stat
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -238,6 +239,24 @@ def source_fingerprint(spec: SourceSpec) -> str:
     except (SourceUnreadableError, OSError):
         return UNREADABLE
     return "sha256:" + digest.hexdigest()
+
+
+def file_records(spec: SourceSpec) -> list[dict[str, object]]:
+    """What lineage records of each file a source reads: source, absolute path, SHA-256, size and modification time
+    (UTC, ISO 8601). Raises :class:`SourceUnreadableError` (or ``OSError``) when the files cannot be read."""
+    records = []
+    for path in source_files(spec):
+        st = path.stat()
+        records.append(
+            {
+                "source": spec.name,
+                "path": str(path.resolve()),
+                "sha256": _file_sha256(str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns),
+                "bytes": st.st_size,
+                "mtime": datetime.fromtimestamp(st.st_mtime_ns / 1e9, UTC).isoformat(),
+            }
+        )
+    return records
 
 
 @lru_cache(maxsize=4096)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 
-from assets.law_publishing import FITS_SCHEMA, FITS_TABLE
+from assets.law_publishing import FITS_SCHEMA, FITS_TABLE, fit_partition
 from cpt.delta_store import CommitInfo, DeltaStore
 from cpt.laws.cmr.answer import CmrAnswerModel, answer_cmr
 
@@ -33,7 +33,7 @@ def write_fit(store: DeltaStore, law: str, *, answer: dict, result: dict, inputs
         "fitted_at": datetime.now(UTC),
     }
     table = pa.Table.from_pylist([row], schema=FITS_SCHEMA)
-    predicate = f"fit_key = '{row['fit_key']}'"
+    predicate = fit_partition(law, row["fit_key"])
     return store.overwrite(FITS_TABLE, table, COMMIT, predicate=predicate, add_columns=True)
 
 

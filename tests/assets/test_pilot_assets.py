@@ -17,6 +17,7 @@ from assets.landscape import REGIMES_TABLE
 from assets.pilots import DOMAIN_SELECTION, MIXTURE_RUNS_TABLE, REGIME_RUNS_TABLE
 from cpt.delta_store import DeltaStore
 from cpt.landscape.regimes import regime_tokens_prefix
+from cpt.lineage.openlineage import OpenLineageEmitter
 from orchestration.cli import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from orchestration.definitions import build_definitions
 from spark_jobs.dataset import SELECTION_TABLE
@@ -86,7 +87,8 @@ def graph(tmp_path_factory, corpora_dir):
         tags = {ASSET_PARTITION_RANGE_START_TAG: names[0], ASSET_PARTITION_RANGE_END_TAG: names[-1]}
         run(defs, "score_corpus", instance, tags=tags)
         run(defs, "landscape", instance)
-        store = DeltaStore(str(tmp / "home" / "delta"))
+        events = str(tmp / "home" / "openlineage" / "events.jsonl")  # the profile's default: the tests' writes too
+        store = DeltaStore(str(tmp / "home" / "delta"), on_commit=OpenLineageEmitter("cptdata", events))
         select_toward_the_pool_median(defs, instance, store)
         yield defs, instance, store, env
 
