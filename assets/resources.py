@@ -34,6 +34,8 @@ def redact_uri(uri: str) -> str:
     except ValueError:
         return "***"
     netloc = f"***@{parts.netloc.rsplit('@', 1)[1]}" if "@" in parts.netloc else parts.netloc
+    if not netloc and "?" not in uri and ";" not in uri:
+        return uri  # a local store (sqlite:////path): nothing to hide, and urlunsplit would drop its slashes
     return urlunsplit((parts.scheme, netloc, parts.path.split(";", 1)[0], "", ""))
 
 

@@ -573,6 +573,7 @@ def _run(args: argparse.Namespace, profile: Profile, instance: dg.DagsterInstanc
             and pilots(defs, instance, ["mixture"])
             and fit_cmr(defs, instance)
             and dataset(defs, instance)
+            and print("[cptdata] its lineage (files, model, versions, fits, runs, code): cptdata audit", flush=True)
         )
     gates = OUTCOME.gates_failed
     shown = f"; quality gates that failed (see their metadata): {', '.join(gates)}" if gates else ""

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import dagster as dg
 
@@ -28,7 +29,6 @@ from assets.resources import (
     MlflowResource,
     SourceConfig,
     SparkResource,
-    redact_uri,
 )
 from orchestration.settings import PROFILES, EnvSettings, load_settings
 
@@ -135,7 +135,9 @@ def _server_ui(tracking_uri: str | None) -> str | None:
     """An MLflow tracking server serves its UI at the same address; a local store has none (``make mlflow-ui``
     serves one, and sets CPTDATA_MLFLOW_UI to it)."""
     if tracking_uri and tracking_uri.startswith(("http://", "https://")):
-        return redact_uri(tracking_uri)
+        parts = urlsplit(tracking_uri)
+        host = parts.netloc.rsplit("@", 1)[-1]  # never the credentials: a browser logs in by itself
+        return urlunsplit((parts.scheme, host, parts.path.split(";", 1)[0], "", ""))
     return None
 
 

@@ -43,6 +43,7 @@ GRAPH = {
         "partitions": None,
         "deps": ["dataset/domain_selection", "laws/cmr", "models/base_model"],
     },
+    "audit/lineage_report": {"group": "audit", "partitions": None, "deps": ["dataset/cpt_mixture"]},
 }
 CHECKS = {
     "scores/chunk_perplexity:every_train_chunk_scored",
@@ -136,6 +137,25 @@ def test_profiles_are_chosen_by_one_variable(tmp_path):
         load_profile({"CPTDATA_PROFILE": "cluster"})
     with pytest.raises(ValueError, match="quickstart, smollm2, cluster"):
         load_profile({"CPTDATA_PROFILE": "laptop"})
+
+
+def test_ui_links_come_from_configuration_never_a_fixed_port(tmp_path):
+    quick = load_profile({"CPTDATA_HOME": str(tmp_path)}).mlflow
+    assert quick.ui_url is None and quick.dagster_run_url("r1") is None  # nothing configured: no guessed address
+    assert quick.run_link("7", "abc").value == f"runs:/abc in sqlite:///{tmp_path / 'mlflow.db'}"
+    configured = load_profile(
+        {
+            "CPTDATA_HOME": str(tmp_path),
+            "CPTDATA_MLFLOW_UI": "http://mlflow.example:8080",
+            "CPTDATA_DAGSTER_UI": "https://dagster.example/",
+        }
+    ).mlflow
+    assert configured.run_link("7", "abc").value == "http://mlflow.example:8080/#/experiments/7/runs/abc"
+    assert configured.dagster_run_url("r1") == "https://dagster.example/runs/r1"
+    server = load_profile({"CPTDATA_HOME": str(tmp_path), "MLFLOW_TRACKING_URI": "http://bob:pw@mlflow.internal:5001"})
+    assert server.mlflow.ui_url == "http://mlflow.internal:5001"  # a tracking server serves its UI; no credentials
+    with pytest.raises(ConfigError, match="CPTDATA_DAGSTER_UI"):
+        load_profile({"CPTDATA_DAGSTER_UI": "dagster:3000"})
 
 
 def test_landing_sensor_registers_new_files_and_requests_their_runs(tmp_path):

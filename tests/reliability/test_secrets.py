@@ -18,7 +18,7 @@ from orchestration.definitions import build_definitions
 from orchestration.settings import ConfigError, load_settings
 from tests.reliability.test_cli_exit_codes import cli_env_fixture  # noqa: F401 (the cli_env fixture)
 
-SECRETS = ["AKIAEXAMPLEKEYID42", "wJalrXUtnFEMI-s3cr3t", "pa55w0rd-x9", "sparkTok3n-77"]
+SECRETS = ["AKIAEXAMPLEKEYID42", "wJalrXUtnFEMI-s3cr3t", "pa55w0rd-x9", "sparkTok3n-77", "olApiK3y-5150"]
 STORAGE_OPTIONS = {"AWS_ACCESS_KEY_ID": SECRETS[0], "AWS_SECRET_ACCESS_KEY": SECRETS[1], "AWS_REGION": "eu-west-1"}
 TRACKING_URI = f"http://alice:{SECRETS[2]}@mlflow.internal:5000"
 CONNECT_URL = f"sc://spark.internal:15002/;token={SECRETS[3]}"
@@ -34,6 +34,8 @@ def cluster_env(tmp_path, monkeypatch) -> dict[str, str]:
         "MLFLOW_TRACKING_URI": TRACKING_URI,
         "CPTDATA_SPARK_CONNECT": CONNECT_URL,
         "CPTDATA_BASE_MODEL": "/models/base",
+        "CPTDATA_OPENLINEAGE_URL": "http://marquez.internal:5000",
+        "CPTDATA_OPENLINEAGE_API_KEY": SECRETS[4],
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -93,6 +95,7 @@ def test_graphql_shows_env_var_names_and_never_a_secret(cluster_env):
     assert configured[("mlflow", "tracking_uri")] == ("ENV_VAR", "MLFLOW_TRACKING_URI")
     assert configured[("spark", "connect_url")] == ("ENV_VAR", "CPTDATA_SPARK_CONNECT")
     assert configured[("spark", "storage_options_json")] == ("ENV_VAR", "CPTDATA_DELTA_STORAGE_OPTIONS")
+    assert configured[("delta", "openlineage_api_key")] == ("ENV_VAR", "CPTDATA_OPENLINEAGE_API_KEY")
     assert all(j.data["runConfigSchemaOrError"]["__typename"] == "RunConfigSchema" for j in jobs)
 
 
@@ -105,6 +108,8 @@ def test_runs_resolve_the_real_secret_values(cluster_env):
         assert live.spark.settings().connect_url == CONNECT_URL
         assert live.spark.settings().storage_options == STORAGE_OPTIONS  # the executors' S3A credentials
         assert not any(secret in repr(live.spark.settings()) for secret in SECRETS)
+        emitter = live.delta.store().on_commit  # OpenLineage events go to the endpoint with the real key
+        assert emitter.url == "http://marquez.internal:5000" and emitter._api_key == SECRETS[4]
 
 
 def test_secret_settings_are_validated_without_echoing_them(cluster_env, monkeypatch, capsys):
