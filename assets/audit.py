@@ -41,19 +41,19 @@ REPORTS_SCHEMA = pa.schema(
 )
 
 
-def fit_describer(store: DeltaStore, mlflow: MlflowResource | None):
+def fit_describer(store: DeltaStore):
     """``(laws/fits version, partitions) → [fit]``: each fit's answer basis, gate, MLflow run and registered model
-    version (with the gate tag the registry holds, when MLflow is reachable)."""
+    version, as its row of ``laws/fits`` recorded them."""
 
     def describe(version: int, parts: list[str]) -> list[dict[str, Any]]:
         rows = store.read(FITS_TABLE, version).to_pylist()
         chosen = [r for r in rows if not parts or fit_partition(r["law"], r["fit_key"]) in parts]
-        return [_fit(r, mlflow) for r in sorted(chosen, key=lambda r: (r["law"], r["fit_key"]))]
+        return [_fit(r) for r in sorted(chosen, key=lambda r: (r["law"], r["fit_key"]))]
 
     return describe
 
 
-def _fit(row: dict, mlflow: MlflowResource | None) -> dict[str, Any]:
+def _fit(row: dict) -> dict[str, Any]:
     gate = json.loads(row.get("gate") or "{}")
     answer = json.loads(row.get("answer") or "{}")
     fit = {
@@ -69,29 +69,35 @@ def _fit(row: dict, mlflow: MlflowResource | None) -> dict[str, Any]:
         "fitted_at": row["fitted_at"].isoformat() if row.get("fitted_at") else None,
         "inputs": json.loads(row.get("input_versions") or "{}"),
     }
-    return fit | (_registry(mlflow, row) if mlflow is not None else {})
+    return fit
 
 
-def _registry(mlflow: MlflowResource, row: dict) -> dict[str, Any]:
-    """What MLflow holds of the fit: its run's status and the gate tag of its registered version."""
+def _registry(mlflow: MlflowResource, fit: dict) -> dict[str, Any]:
+    """What MLflow holds of a fit now: its run's status and the gate tag of its registered version."""
     try:
         client = mlflow.client()
-        status = client.get_run(row["mlflow_run_id"]).info.status
+        status = client.get_run(fit["mlflow_run_id"]).info.status
     except Exception:  # a run that is gone, or a server that is down: said, not hidden
         return {"mlflow_status": "not found"}
     try:
-        tags = client.get_model_version(row["registered_model"], row["model_version"]).tags
+        name, version = fit["registered_model"].removeprefix("models:/").rsplit("/", 1)
+        tags = client.get_model_version(name, version).tags
         return {"mlflow_status": status, "registry_gate": tags.get("cptdata.gate")}
     except Exception:
         return {"mlflow_status": status, "registry_gate": "not registered"}
 
 
 def report_for(store: DeltaStore, mlflow: MlflowResource | None, table: str, version: int) -> dict[str, Any]:
-    return build_report(store, table, version, fit_describer(store, mlflow), fits_table=FITS_TABLE)
+    """The lineage report of ``table@version`` (made from the Delta log: the same whenever it is made) and, under
+    ``registry``, what MLflow says of its fits now (not recorded: it may change)."""
+    report = build_report(store, table, version, fit_describer(store), fits_table=FITS_TABLE)
+    if mlflow is not None:
+        report["registry"] = {f["fit_key"]: _registry(mlflow, f) for f in report["fits"]}
+    return report
 
 
 def _row(report: dict[str, Any]) -> dict[str, Any]:
-    text = json.dumps(report, sort_keys=True, default=str)
+    text = json.dumps({k: v for k, v in report.items() if k != "registry"}, sort_keys=True, default=str)
     return {
         "subject_table": report["subject"]["table"],
         "subject_version": report["subject"]["version"],

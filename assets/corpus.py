@@ -98,6 +98,12 @@ def corpus_documents(context: dg.AssetExecutionContext, delta: DeltaStoreResourc
         result = ingest_source(source, run_id=context.run.run_id, ingested_at=datetime.now(UTC))
     except SourceUnreadableError as exc:  # also an empty source: nothing is written, the partition keeps its data
         raise dg.Failure(description=str(exc), metadata={"source": source.name, "path": source.path}) from exc
+    if _file_records(source) != files:  # what was hashed is what was read, or nothing is committed
+        raise dg.Failure(
+            description=f"source {source.name!r}: its files changed while they were read; nothing was committed, "
+            "rerun the ingest",
+            metadata={"source": source.name, "path": source.path},
+        )
     stats = result.stats
     context.log.info(
         f"{source.name}: {stats.records_read} records → {stats.documents} documents, {stats.duplicates_dropped} "

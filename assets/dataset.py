@@ -59,7 +59,7 @@ from cpt.dataset.plan import (
     tokens_prefix,
 )
 from cpt.dataset.schema import DATASET_SCHEMA, SELECTION_SCHEMA
-from cpt.delta_store import COMMIT_ID_KEY, DeltaStore
+from cpt.delta_store import COMMIT_ID_KEY, CommitInfo, DeltaStore
 from cpt.landscape.regimes import regime_tokens_prefix
 from cpt.laws.cmr.answer import CmrAnswerModel, answer_with_interval
 from cpt.lineage.graph import model_record
@@ -393,8 +393,9 @@ def _undo(store: DeltaStore, version: int, previous: int | None, commit, log) ->
         if store.version(DATASET_TABLE) != version:
             log.warning(f"{DATASET_TABLE} moved past the failed v{version}: left as it is")
             return
-        if previous is None:
-            store.overwrite(DATASET_TABLE, store.read(DATASET_TABLE, version).slice(0, 0), commit, predicate=None)
+        if previous is None:  # an empty version: it holds nothing, so it claims no lineage and no build record
+            bare = CommitInfo(commit.run_id, commit.asset_key, commit.code_version, commit.config_hash)
+            store.overwrite(DATASET_TABLE, store.read(DATASET_TABLE, version).slice(0, 0), bare, predicate=None)
         else:  # the restoring commit carries the restored build's record, so that version exports as it did
             record = store.commit_metadata(DATASET_TABLE, previous).get(BUILD_KEY)
             restoring = type(commit)(**(asdict(commit) | {"extra": {BUILD_KEY: record} if record else {}}))

@@ -153,7 +153,7 @@ def ppl_law(
     inputs = {REGIME_RUNS_TABLE: require_version(store, REGIME_RUNS_TABLE)}
     inputs[REGIMES_TABLE] = require_version(store, REGIMES_TABLE)
     runs = store.read(REGIME_RUNS_TABLE, inputs[REGIME_RUNS_TABLE])
-    pool = _domain_pool(store, inputs[REGIMES_TABLE], runs)
+    pool = _domain_pool(store, inputs, runs)
     settings = _settings(config)
     report = _fitted(
         "the perplexity-aware law",
@@ -255,10 +255,12 @@ def _fitted(what: str, fit: Callable):
         raise dg.Failure(f"{what} cannot be fitted: {exc}") from exc
 
 
-def _domain_pool(store, regimes_version: int, runs: pa.Table) -> pa.Table:
+def _domain_pool(store, inputs: dict[str, int], runs: pa.Table) -> pa.Table:
     """PPL and token counts of the domain train chunks the dataset is selected from (no eval document, no document
     sharing a group with one: the selection's leak-free pool), at the scores version, model and window policy the
-    landscape pinned — which the pilots must have trained on."""
+    landscape pinned — which the pilots must have trained on. The scores and documents versions read join
+    ``inputs``."""
+    regimes_version = inputs[REGIMES_TABLE]
     pins = store.read(REGIMES_TABLE, regimes_version, columns=["scores_version", "model_revision", "policy_hash"])
     if pins.num_rows == 0:
         raise dg.Failure(f"{REGIMES_TABLE} v{regimes_version} is empty: rebuild the landscape")
@@ -276,8 +278,10 @@ def _domain_pool(store, regimes_version: int, runs: pa.Table) -> pa.Table:
         ("policy_hash", "=", pin["policy_hash"]),
     ]
     scores = store.read(SCORES_TABLE, pin["scores_version"], columns=["doc_id", "ppl", "n_tokens"], filters=filters)
+    inputs[SCORES_TABLE] = pin["scores_version"]
+    inputs[DOCUMENTS_TABLE] = require_version(store, DOCUMENTS_TABLE)  # pinned: what the pool was cut from
     # the pool DOS will select from: no chunk of an eval document or of a document sharing a group with one
-    docs = store.read(DOCUMENTS_TABLE, columns=["doc_id", "group_id", "split"])
+    docs = store.read(DOCUMENTS_TABLE, inputs[DOCUMENTS_TABLE], columns=["doc_id", "group_id", "split"])
     eval_docs = docs.filter(pc.equal(docs["split"], "eval"))
     leaking = pc.is_in(docs["group_id"], eval_docs["group_id"])
     excluded = pa.concat_arrays([eval_docs["doc_id"].combine_chunks(), docs.filter(leaking)["doc_id"].combine_chunks()])

@@ -9,7 +9,7 @@ from typing import Any
 import dagster as dg
 import pyarrow as pa
 
-from assets.columns import COLUMN_DESCRIPTIONS
+from cpt.columns import COLUMN_DESCRIPTIONS
 from cpt.delta_store import CommitInfo, DeltaStore
 from cpt.hashing import config_hash
 

@@ -41,7 +41,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -67,6 +67,9 @@ LEASE_TIMEOUT_S = 600.0  # a lease not renewed for this long belongs to a dead (
 DEFAULT_ORPHAN_AGE_S = 3600.0
 
 _log = logging.getLogger(__name__)
+# Every table keeps its whole log: time travel to any build and the lineage of every version read it (delta-rs would
+# otherwise delete log entries older than 30 days at each checkpoint).
+TABLE_CONFIGURATION = {"delta.enableExpiredLogCleanup": "false"}
 
 
 class DeltaStoreError(RuntimeError):
@@ -100,7 +103,7 @@ class CommitInfo:
             "cptdata.config_hash": self.config_hash,
             "cptdata.input_versions": json.dumps(dict(self.input_versions), sort_keys=True),
             "cptdata.input_parts": json.dumps({k: list(v) for k, v in self.input_parts.items()}, sort_keys=True),
-            "cptdata.files": json.dumps(list(self.files), sort_keys=True),
+            "cptdata.files": json.dumps(list(self.files), sort_keys=True, default=str),
             "cptdata.models": json.dumps(dict(self.models), sort_keys=True, default=str),
             "cptdata.code": json.dumps(code_record(), sort_keys=True),
         }
@@ -254,13 +257,24 @@ class DeltaStore:
         return self.table(key).transaction_version(app_id) if self.exists(key) else None
 
     def history(self, key: str | Sequence[str], limit: int | None = None) -> list[dict[str, Any]]:
-        """Commits, newest first, each with its version, operation and custom metadata."""
-        return self.table(key).history(limit)
+        """Commits, newest first, each with its version, operation and custom metadata. The whole history (no
+        ``limit``) is listed again if the table moved meanwhile: delta-rs numbers the entries down from the version it
+        loaded, so a commit landing during the listing would shift every number."""
+        if limit is not None:
+            return self.table(key).history(limit)
+        for _ in range(20):
+            dt = self.table(key)
+            entries = dt.history()
+            if self.table(key).version() == dt.version() and entries and int(entries[0]["version"]) == dt.version():
+                return entries
+        raise DeltaStoreError(f"the history of {key} could not be read (the table kept moving)")
 
     def restore(self, key: str | Sequence[str], version: int, commit: CommitInfo) -> int:
         """A new version whose content is that of ``version`` (a build that failed after its commit is undone);
         returns the new version."""
         commit_id = uuid.uuid4().hex
+        # the restored version's lineage is the new version's (graph.fold_history): the restoring commit read nothing
+        commit = replace(commit, input_versions={}, input_parts={}, files=(), models={})
         metadata = self._stamp(key, commit, commit_id, "restore", restored_version=version)
         self.table(key).restore(version, commit_properties=CommitProperties(custom_metadata=metadata))
         return self._landed(key, commit_id, metadata)
@@ -336,6 +350,7 @@ class DeltaStore:
                 mode="ignore",
                 partition_by=list(partition_by) if partition_by else None,
                 storage_options=self.storage_options,
+                configuration=TABLE_CONFIGURATION,
                 commit_properties=CommitProperties(
                     custom_metadata=self._stamp(key, commit, uuid.uuid4().hex, "create", own=False)
                 ),
@@ -450,6 +465,7 @@ class DeltaStore:
                 actions,
                 mode="append",
                 partition_by=list(partition_by) or None,
+                configuration=TABLE_CONFIGURATION,
                 storage_options=self.storage_options,
                 commit_properties=properties,
             )
@@ -797,6 +813,7 @@ class DeltaStore:
         else:
             write, part = ("replace_all", "") if predicate is None else ("replace_partition", predicate)
         metadata = self._stamp(key, commit, commit_id, write, part)
+        creating = not self.exists(key)
         for attempt in range(COMMIT_ATTEMPTS):
             try:
                 write_deltalake(
@@ -806,6 +823,7 @@ class DeltaStore:
                     predicate=predicate,
                     partition_by=list(partition_by) if partition_by else None,
                     schema_mode="merge" if merge else None,
+                    configuration=TABLE_CONFIGURATION if creating else None,
                     storage_options=self.storage_options,
                     commit_properties=CommitProperties(custom_metadata=metadata),
                 )
@@ -849,11 +867,20 @@ class DeltaStore:
         name = key if isinstance(key, str) else "/".join(key)
         states = self._folds.get(name, {})
         if version not in states:
-            states = lineage_graph.fold_history(self.history(name))
-            self._folds[name] = states
+            states = self.lineage_states(name)
         if version not in states:
             raise DeltaStoreError(f"{name} has no version {version} in its Delta log")
         return states[version]
+
+    def lineage_states(self, key: str | Sequence[str]) -> dict[int, lineage_graph.State]:
+        """:meth:`lineage_state` of every version, from one read of the log (which must still start at version 0:
+        tables are created with expired-log cleanup off, see :data:`TABLE_CONFIGURATION`)."""
+        name = key if isinstance(key, str) else "/".join(key)
+        entries = self.history(name)
+        if entries and min(int(e["version"]) for e in entries) != 0:
+            raise DeltaStoreError(f"the Delta log of {name} no longer starts at version 0: its lineage is incomplete")
+        self._folds[name] = lineage_graph.fold_history(entries)
+        return self._folds[name]
 
     def _stamp(
         self,
@@ -873,7 +900,7 @@ class DeltaStore:
             metadata["cptdata.restored_version"] = str(restored_version)
         if own:
             name = key if isinstance(key, str) else "/".join(key)
-            metadata["cptdata.lineage"] = json.dumps(self._own_lineage(name, commit), sort_keys=True)
+            metadata["cptdata.lineage"] = json.dumps(self._own_lineage(name, commit), sort_keys=True, default=str)
         return metadata
 
     def _own_lineage(self, table_written: str, commit: CommitInfo) -> lineage_graph.Lineage:
@@ -888,8 +915,9 @@ class DeltaStore:
             parts = commit.input_parts.get(table)
             try:
                 found.append(self.lineage(table, version, list(parts) if parts is not None else None))
-            except (DeltaStoreError, TableNotFoundError, OSError) as exc:  # recorded as read, not expanded
+            except Exception as exc:  # recorded as read, not expanded: a lineage problem never blocks a commit
                 _log.warning(f"lineage of {table} v{version} could not be read: {exc}")
+                found.append({"incomplete": [f"{table}@{version}"]})
         return lineage_graph.merge(*found)
 
     def _landed(self, key: str | Sequence[str], commit_id: str, metadata: Mapping[str, str]) -> int:

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -155,6 +156,14 @@ class EnvSettings(BaseModel):
     def _url(cls, value: str) -> str:
         if not re.fullmatch(r"https?://\S+", value):
             raise ValueError("is not an http(s) URL")
+        return value
+
+    @field_validator("openlineage_url")
+    @classmethod
+    def _no_credentials(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if "@" in parts.netloc or parts.query:
+            raise ValueError("carries credentials or a query; give the key as CPTDATA_OPENLINEAGE_API_KEY")
         return value
 
     @field_validator("spark_master")

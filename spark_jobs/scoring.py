@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow.compute as pc
 
-from cpt.delta_store import DEFAULT_ORPHAN_AGE_S, CommitInfo, DeltaStore
+from cpt.delta_store import DEFAULT_ORPHAN_AGE_S, CommitInfo, DeltaStore, partition_predicate
 from cpt.scoring.schema import SCORES_SCHEMA
 from cpt.scoring.windows import WindowPolicy
 from spark_jobs.delta_bridge import read_snapshot, write_unique_to_delta
@@ -70,6 +70,12 @@ class ScoringJobSpec:
     model_record: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # lineage: cpt.lineage.graph
     # orphaned files (of killed runs) younger than this are kept; 0: remove every orphan whose writer is gone
     orphan_min_age_s: float = DEFAULT_ORPHAN_AGE_S
+
+
+def _sources_read(sources: Sequence[str]) -> dict[str, list[str]]:
+    """Only these sources' documents were read: their partitions (so the lineage holds their files, not every
+    source's); every source when none is named."""
+    return {DOCUMENTS_TABLE: [partition_predicate({"source": s}) for s in sources]} if sources else {}
 
 
 @dataclass(frozen=True)
@@ -151,6 +157,10 @@ def run_scoring_job(
         config_hash=spec.config_hash,
         partition=",".join(spec.sources) or None,
         input_versions={DOCUMENTS_TABLE: spec.documents_version},
+        # only these sources' documents were read (lineage: their files, not every source's)
+        input_parts={DOCUMENTS_TABLE: [partition_predicate({"source": s}) for s in spec.sources]}
+        if spec.sources
+        else {},
         models=spec.model_record,
     )
     with _StageProgress(spark, on_progress, f"scoring {to_score} documents"):

@@ -40,19 +40,22 @@ def merge(*items: Lineage | None) -> Lineage:
     tables: dict[str, set[int]] = {}
     files: dict[tuple[str, str], dict] = {}
     models: dict[str, dict] = {}
+    incomplete: set[str] = set()  # inputs whose own lineage could not be read when a commit was made
     for item in items:
         if not item:
             continue
+        incomplete.update(item.get("incomplete", []))
         for table, versions in item.get("tables", {}).items():
             tables.setdefault(table, set()).update(int(v) for v in versions)
         for record in item.get("files", []):
             files[(record["path"], record["sha256"])] = dict(record)
         models.update(item.get("models", {}))
-    return {
+    merged = {
         "tables": {t: sorted(v) for t, v in sorted(tables.items())},
         "files": [files[k] for k in sorted(files)],
         "models": dict(sorted(models.items())),
     }
+    return merged | ({"incomplete": sorted(incomplete)} if incomplete else {})
 
 
 def direct(table: str, version: int) -> Lineage:

@@ -12,8 +12,8 @@ entered the table (``write``, ``part``, see :mod:`cpt.lineage.graph`) and the co
 versions exactly as :func:`cpt.lineage.graph.fold_history` does.
 
 Transports: a JSON-lines file (the default; each event one locked append) and, when configured, HTTP to an
-OpenLineage endpoint (``/api/v1/lineage``, Bearer API key). The file is written first, so an unreachable endpoint
-loses nothing.
+OpenLineage endpoint (``/api/v1/lineage``, Bearer API key; one retry, 5 s timeout, in the writer's thread). The file
+is written first, so an unreachable endpoint loses nothing. A restore's input is the restored version.
 """
 
 from __future__ import annotations
@@ -31,10 +31,11 @@ from typing import Any
 import attr
 import pyarrow as pa
 
+from cpt.columns import COLUMN_DESCRIPTIONS
 from cpt.lineage.graph import direct_inputs
 
 PRODUCER = "https://github.com/cptdata/cptdata"
-FACETS_SCHEMA = f"{PRODUCER}/blob/main/docs/openlineage-facets.json"
+FACETS_SCHEMA = f"{PRODUCER}/blob/main/docs/openlineage-facets.json"  # this repository's docs/
 FILE_NAMESPACE, MODEL_NAMESPACE = "file", "model"
 _RUN_NAMESPACE = uuid.UUID("6f1c8a52-3c1e-4f4a-9a57-6b1f3f2a9c11")  # uuid5 namespace of cptdata run ids
 
@@ -99,6 +100,8 @@ def build_event(committed, namespace: str, event_time: datetime | None = None):
         inputs.append(InputDataset(root, table, facets=version_facet(version), inputFacets=input_facets))
     if write in ("append", "replace_partition") and committed.version > 0:
         inputs.append(InputDataset(root, committed.table, facets=version_facet(committed.version - 1)))
+    if write == "restore" and meta.get("cptdata.restored_version"):
+        inputs.append(InputDataset(root, committed.table, facets=version_facet(meta["cptdata.restored_version"])))
     for record in json.loads(meta.get("cptdata.files") or "[]"):
         inputs.append(InputDataset(FILE_NAMESPACE, record["path"], facets=version_facet(record["sha256"])))
     for revision, record in json.loads(meta.get("cptdata.models") or "{}").items():
@@ -144,7 +147,7 @@ def _schema_facet(module, schema: pa.Schema):
         module.SchemaDatasetFacetFields(
             name=f.name,
             type=str(f.type),
-            description=(f.metadata or {}).get(b"description", b"").decode() or None,
+            description=(f.metadata or {}).get(b"description", b"").decode() or COLUMN_DESCRIPTIONS.get(f.name),
         )
         for f in schema
     ]
@@ -196,7 +199,8 @@ class OpenLineageEmitter:
             from openlineage.client.transport.http import ApiKeyTokenProvider, HttpConfig, HttpTransport, TokenProvider
 
             auth = ApiKeyTokenProvider({"apiKey": self._api_key}) if self._api_key else TokenProvider({})
-            self._http = HttpTransport(HttpConfig(url=self.url, timeout=self._timeout_s, auth=auth))
+            retry = {"total": 1, "backoff_factor": 0.2, "status_forcelist": [500, 502, 503, 504]}  # a writer waits
+            self._http = HttpTransport(HttpConfig(url=self.url, timeout=self._timeout_s, auth=auth, retry=retry))
         return self._http
 
 

@@ -61,7 +61,7 @@ def build_report(
     files = [f | {"read_by": sorted(read_by.get((f["path"], f["sha256"]), ()))} for f in lineage["files"]]
     return {
         "format": REPORT_FORMAT,
-        "subject": {"table": table, "version": version, "uri": store.table_uri(table)},
+        "subject": {"table": table, "version": version},
         "lineage": lineage | {"files": files},
         "fits": [fits[k] for k in sorted(fits)],
         "dagster_runs": runs,
@@ -121,7 +121,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# Lineage of {subject['table']} v{subject['version']}",
         "",
-        f"`{subject['uri']}` — committed {head.get('committed_at', '?')} by Dagster run "
+        f"Committed {head.get('committed_at', '?')} by Dagster run "
         f"`{head.get('dagster_run_id', '?')}` ({head.get('asset_key', '?')}), code {_git(head)}.",
         "",
         "## Built from",
@@ -157,8 +157,8 @@ def to_markdown(report: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|",
         *(
             f"| {f.get('law')} | {f.get('basis', '')} | {'passed' if f.get('gate_passed') else 'FAILED'} | "
-            f"{f.get('promoted')} | `{f.get('mlflow_run_id')}` {f.get('mlflow_status', '')} | "
-            f"{f.get('registered_model', '')} | `{f.get('dagster_run_id')}` |"
+            f"{f.get('promoted')} | `{f.get('mlflow_run_id')}` {_live(report, f, 'mlflow_status')} | "
+            f"{f.get('registered_model', '')} {_live(report, f, 'registry_gate')} | `{f.get('dagster_run_id')}` |"
             for f in report["fits"]
         ),
         "",
@@ -184,6 +184,12 @@ def to_markdown(report: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _live(report: dict, fit: dict, key: str) -> str:
+    """What the MLflow store says of a fit now (``report["registry"]``, not part of the recorded report)."""
+    value = report.get("registry", {}).get(fit["fit_key"], {}).get(key)
+    return f"({key.replace('_', ' ')}: {value})" if value else ""
 
 
 def _git(item: dict) -> str:
@@ -228,7 +234,7 @@ def uses(store, tables: Iterable[str], ref: str) -> list[dict[str, Any]]:
     target = parse_ref(ref)
     found = []
     for table in tables:
-        states = graph.fold_history(store.history(table))
+        states = store.lineage_states(table)
         hits = [
             v
             for v, state in sorted(states.items())

@@ -57,6 +57,7 @@ def test_a_replaced_partition_leaves_the_lineage_of_newer_versions_and_stays_in_
     d2 = ingest(store, "b", "sha-b1")
     d3 = ingest(store, "a", "sha-a2")  # a changed file: partition a replaced
     files = lambda v: {f["sha256"] for f in store.lineage("corpus/documents", v)["files"]}  # noqa: E731
+    assert store.table("corpus/documents").metadata().configuration["delta.enableExpiredLogCleanup"] == "false"
     assert files(d1) == {"sha-a1"}
     assert files(d2) == {"sha-a1", "sha-b1"}
     assert files(d3) == {"sha-a2", "sha-b1"}  # the replaced file's lineage is gone from the new version …
@@ -244,9 +245,13 @@ def test_the_emitted_events_validate_and_rebuild_the_same_lineage_as_the_store(s
     store.overwrite("dataset", rows("b"), commit(input_versions={"corpus/documents": d}), predicate=None)
     store.restore("dataset", out, commit())
     events = read_events(events_file)
+    restore_inputs = [(i["name"], i["facets"]["version"]["datasetVersion"]) for i in events[-1]["inputs"]]
+    assert restore_inputs == [("dataset", str(out))]  # a restore read nothing but the version it restored
     commits = [(t, e) for t in store.tables() for e in store.history(t) if graph.write_of(e)[0] != "create"]
     assert len(events) == len(commits) == 3 + 2 + 3  # one event per commit that holds rows
     validate_events(events)
+    fields = events[0]["outputs"][0]["facets"]["schema"]["fields"]
+    assert {f["name"]: f.get("description") for f in fields}["source"].startswith("the row's corpus source")
     for table in ("corpus/documents", "scores", "dataset"):
         for v in range(store.version(table) + 1):
             if graph.write_of(store.commit_metadata(table, v))[0] == "create":

@@ -152,3 +152,32 @@ def test_ingest_refuses_a_source_name_over_the_limit_before_writing_anything(tmp
     write_source(tmp_path / "landing" / "domain" / f"{'x' * 200}.jsonl", texts("landed", 3))
     scan = landing_sources(tmp_path / "landing")  # a landed file with a long name is refused, not a crash
     assert scan.sources == () and "the limit is 100" in next(iter(scan.refused.values()))
+
+
+# ---- 5. the bytes lineage records are the bytes ingested ----------------------------------------------------------
+def test_a_source_file_changed_while_it_is_read_is_not_committed_and_lineage_holds_what_was_read(tmp_path, monkeypatch):
+    import hashlib
+
+    import assets.corpus
+
+    path = write_source(tmp_path / "src.jsonl", texts("good", 50))
+    with dg.DagsterInstance.ephemeral() as instance:
+        assert ingest(resources(tmp_path, [source("src", path)]), instance, "src").success
+        version = store(tmp_path).version(DOCUMENTS_TABLE)
+        (recorded,) = store(tmp_path).lineage(DOCUMENTS_TABLE, version)["files"]
+        assert recorded["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert (recorded["path"], recorded["bytes"]) == (str(path.resolve()), path.stat().st_size)
+
+        real_ingest = assets.corpus.ingest_source
+
+        def read_then_change(*args, **kwargs):  # another writer appends to the file while the ingest reads it
+            result = real_ingest(*args, **kwargs)
+            path.write_bytes(path.read_bytes() + b'{"text": "appended meanwhile"}\n')
+            return result
+
+        monkeypatch.setattr(assets.corpus, "ingest_source", read_then_change)
+        path.write_bytes(path.read_bytes().replace(b"good", b"new!"))
+        failed = ingest(resources(tmp_path, [source("src", path)]), instance, "src")
+        assert not failed.success and "changed while they were read" in failure_message(failed)
+        assert store(tmp_path).version(DOCUMENTS_TABLE) == version  # nothing committed
+        assert partition_texts(tmp_path, "src") == sorted(texts("good", 50))
