@@ -52,6 +52,7 @@ bench: install
 	$(BIN)/python -m benchmarks.scoring_bench
 	$(BIN)/python -m benchmarks.law_bench
 	$(BIN)/python -m benchmarks.dos_bench
+	$(BIN)/python -m benchmarks.lineage_bench
 
 ## The scorer and trainer on a CUDA GPU (agreement with the CPU, OOM halving, throughput); see benchmarks/gpu_bench.py.
 ## .venv holds the CPU build of torch, so this runs under GPU_PYTHON: an interpreter with CUDA torch + transformers.
