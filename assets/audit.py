@@ -97,7 +97,9 @@ def report_for(store: DeltaStore, mlflow: MlflowResource | None, table: str, ver
 
 
 def _row(report: dict[str, Any]) -> dict[str, Any]:
-    text = json.dumps({k: v for k, v in report.items() if k != "registry"}, sort_keys=True, default=str)
+    """The stored report: what the log says, without the registry's live status (which may change)."""
+    report = {k: v for k, v in report.items() if k != "registry"}
+    text = json.dumps(report, sort_keys=True, default=str)
     return {
         "subject_table": report["subject"]["table"],
         "subject_version": report["subject"]["version"],
@@ -154,7 +156,9 @@ def lineage_report(
     last = rows[-1]
     assert version is not None
     return dg.MaterializeResult(
-        metadata=delta_metadata(store.table_uri(REPORTS_TABLE), version, REPORTS_SCHEMA, len(rows))
+        metadata=delta_metadata(
+            store.table_uri(REPORTS_TABLE), version, REPORTS_SCHEMA, store.read(REPORTS_TABLE, version).num_rows
+        )
         | {
             "reported_versions": dg.MetadataValue.json(todo),
             "latest_report": dg.MetadataValue.md(last["report_markdown"][:60_000]),
