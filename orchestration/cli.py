@@ -28,7 +28,8 @@ Exit codes (for schedulers and scripts):
        result (a corpus/documents candidate is not even committed: the table stays at its last good version; a
        law whose gate fails is recorded but the champion alias does not move)
   130  interrupted (Ctrl-C, SIGTERM): the interrupted run is marked failed
-A failed run takes precedence over a failed gate. Errors are one line on stderr; -v/--verbose adds the traceback.
+A failed run takes precedence over a failed gate. Errors are one line on stderr; -v/--verbose adds the traceback, and
+Dagster's own step events (DEBUG) to the stages' progress (INFO).
 
 Every run started here records its process (tags cptdata/pid, cptdata/host): a run left STARTED by a process that
 is gone (killed) is marked failed by the next cptdata command on that host.
@@ -207,12 +208,15 @@ class Outcome:
 
 
 OUTCOME = Outcome()  # this invocation's (reset by main)
+LOG_LEVEL = {"level": "INFO"}  # Dagster's console log level for the runs of this invocation: DEBUG with -v
 
 
 def _execute(job: dg.JobDefinition, instance: dg.DagsterInstance, **kwargs) -> dg.ExecuteInProcessResult:
-    """Execute in this process, tagged with it; a run the process is interrupted in is marked failed."""
+    """Execute in this process, tagged with it; a run the process is interrupted in is marked failed. Dagster's own
+    step events are DEBUG: shown with -v only; the stages' progress (INFO) always."""
     tags = {**kwargs.pop("tags", {}), **_process_tags()}
-    result = job.execute_in_process(instance=instance, tags=tags, raise_on_error=False, **kwargs)
+    run_config = {"loggers": {"console": {"config": {"log_level": LOG_LEVEL["level"]}}}}
+    result = job.execute_in_process(instance=instance, tags=tags, raise_on_error=False, run_config=run_config, **kwargs)
     run = instance.get_run_by_id(result.run_id)
     if run is not None and run.tags.get("dagster/failure_reason") == "UNEXPECTED_TERMINATION":
         raise KeyboardInterrupt(f"run {result.run_id} was interrupted")  # Dagster marked it failed
@@ -437,7 +441,9 @@ def _check_known(names: list[str], known: list[str]) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cptdata", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true", help="print the traceback of an error")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="Dagster's step events too, and the traceback of an error"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="register sources and materialize the whole graph")
     sub.add_parser("register", help="register sources as partitions")
@@ -489,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"pilot kinds are regime and mixture, not {' '.join(args.kinds)}")
     except SystemExit as exc:  # argparse has printed its usage line
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    LOG_LEVEL["level"] = "DEBUG" if args.verbose else "INFO"
     OUTCOME.failed_runs.clear()
     OUTCOME.gates_failed.clear()
     OUTCOME.findings.clear()

@@ -60,7 +60,8 @@ def test_a_dataset_versions_lineage_is_complete_and_unchanged_by_a_later_build(g
     assert sorted(f["law"] for f in report["fits"]) == ["cmr", "ppl_law"]  # only the two fits the build used
     assert all(f["gate_passed"] for f in report["fits"])
     assert {k: v["mlflow_status"] for k, v in report["registry"].items()} == {  # now, from MLflow: not recorded
-        f["fit_key"]: "not found" for f in report["fits"]  # the rows of tests.fits_rows name no real MLflow run
+        f["fit_key"]: "not found"
+        for f in report["fits"]  # the rows of tests.fits_rows name no real MLflow run
     }
     runs = {r["dagster_run_id"] for r in report["dagster_runs"]}
     assert result.run_id in runs and len(runs) >= 5  # ingests, scoring, landscape, selection, build

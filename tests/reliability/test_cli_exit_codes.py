@@ -118,3 +118,12 @@ def test_help_documents_the_exit_codes(capsys):
     assert "Exit codes" in text
     for code, meaning in [("0", "succeeded"), ("1", "a run failed"), ("2", "usage or configuration"), ("3", "gate")]:
         assert any(line.strip().startswith(code) and meaning in line for line in text.splitlines()), code
+
+
+def test_dagster_step_events_show_with_verbose_only_and_stage_progress_always(cli_env, capfd):
+    assert main(["ingest", "notes"]) == EXIT_OK
+    quiet = "".join(capfd.readouterr())
+    assert "STEP_START" not in quiet and "RESOURCE_INIT" not in quiet  # Dagster's DEBUG events
+    assert "ingesting 'notes'" in quiet and "[cptdata]   corpus/documents:" in quiet  # progress and the result
+    assert main(["-v", "ingest", "notes"]) == EXIT_OK
+    assert "STEP_START" in "".join(capfd.readouterr())
