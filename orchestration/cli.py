@@ -430,6 +430,11 @@ def audit(profile: Profile, ref: str | None, uses_ref: str | None, as_json: bool
     return True
 
 
+def _say(line: str) -> bool:
+    print(line, flush=True)
+    return True
+
+
 def _check_known(names: list[str], known: list[str]) -> None:
     unknown = [n for n in dict.fromkeys(names) if n not in known]
     if unknown:
@@ -580,7 +585,7 @@ def _run(args: argparse.Namespace, profile: Profile, instance: dg.DagsterInstanc
             and pilots(defs, instance, ["mixture"])
             and fit_cmr(defs, instance)
             and dataset(defs, instance)
-            and print("[cptdata] its lineage (files, model, versions, fits, runs, code): cptdata audit", flush=True)
+            and _say("[cptdata] its lineage (files, model, versions, fits, runs, code): cptdata audit")
         )
     gates = OUTCOME.gates_failed
     shown = f"; quality gates that failed (see their metadata): {', '.join(gates)}" if gates else ""
