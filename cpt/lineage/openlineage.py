@@ -19,6 +19,7 @@ is written first, so an unreachable endpoint loses nothing. A restore's input is
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -47,6 +48,7 @@ def run_id_of(table_uri: str, version: int) -> str:
     return str(uuid.uuid5(_RUN_NAMESPACE, f"{table_uri}@{version}"))
 
 
+@functools.cache  # the classes are made once per process, not per event
 def _facet_classes():
     from openlineage.client.generated.base import InputDatasetFacet, RunFacet
 
