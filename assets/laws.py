@@ -21,7 +21,14 @@ from assets.corpus import DOCUMENTS_TABLE
 from assets.landscape import REGIMES, REGIMES_TABLE
 from assets.law_publishing import FITS_SCHEMA, FITS_TABLE, FitOutput, Published, publish
 from assets.lineage import delta_metadata, governance, require_version
-from assets.pilots import MIXTURE_RUNS, MIXTURE_RUNS_TABLE, REGIME_RUNS, REGIME_RUNS_TABLE
+from assets.pilots import (
+    FOLLOWUP_RUNS,
+    FOLLOWUP_RUNS_TABLE,
+    MIXTURE_RUNS,
+    MIXTURE_RUNS_TABLE,
+    REGIME_RUNS,
+    REGIME_RUNS_TABLE,
+)
 from assets.resources import DeltaStoreResource, MlflowResource
 from cpt.landscape.regimes import RANDOM
 from cpt.laws.errors import LawFitError
@@ -79,6 +86,14 @@ class PplLawConfig(dg.Config):
     min_within_size_r2: float = Field(
         _PPL.min_within_size_r2, description="gate and answer: mean held-out R² within a pilot size must exceed this"
     )
+    followup_rounds: int = Field(
+        _PPL.followup_rounds,
+        description="at most this many rounds of follow-up pilots at and around the optimum (0: none)",
+    )
+    followup_max_relative_width: float = Field(
+        _PPL.followup_max_relative_width,
+        description="follow up when the optimum's μ or σ interval is wider than this share of its value",
+    )
     registered_model: str = Field("cptdata-ppl-law", description="MLflow registered model name")
 
     def settings(self) -> PplSettings:
@@ -119,7 +134,7 @@ class CmrConfig(dg.Config):
 
 @dg.asset(
     key=PPL_LAW,
-    deps=[REGIME_RUNS, REGIMES],
+    deps=[REGIME_RUNS, REGIMES, FOLLOWUP_RUNS],
     group_name="laws",
     kinds={"scipy", "mlflow", "delta"},
     code_version="ppl-law-v2",
@@ -153,7 +168,8 @@ def ppl_law(
     inputs = {REGIME_RUNS_TABLE: require_version(store, REGIME_RUNS_TABLE)}
     inputs[REGIMES_TABLE] = require_version(store, REGIMES_TABLE)
     runs = store.read(REGIME_RUNS_TABLE, inputs[REGIME_RUNS_TABLE])
-    pool = _domain_pool(store, inputs, runs)
+    pool = domain_pool(store, inputs, runs)
+    runs = _with_followups(context, store, inputs, runs)
     settings = _settings(config)
     report = _fitted(
         "the perplexity-aware law",
@@ -255,7 +271,25 @@ def _fitted(what: str, fit: Callable):
         raise dg.Failure(f"{what} cannot be fitted: {exc}") from exc
 
 
-def _domain_pool(store, inputs: dict[str, int], runs: pa.Table) -> pa.Table:
+def _with_followups(context, store, inputs: dict[str, int], runs: pa.Table) -> pa.Table:
+    """The regime runs and the follow-up pilots trained on the same scores (those of an older landscape are left
+    out: their regimes were cut from other scores)."""
+    version = store.version(FOLLOWUP_RUNS_TABLE)
+    if version is None:
+        return runs
+    followups = store.read(FOLLOWUP_RUNS_TABLE, version)
+    same = followups.filter(pc.equal(followups["scores_version"], inputs[SCORES_TABLE]))
+    if same.num_rows < followups.num_rows:
+        context.log.info(f"{followups.num_rows - same.num_rows} follow-up pilot rows of older scores left out")
+    if same.num_rows == 0:
+        return runs
+    inputs[FOLLOWUP_RUNS_TABLE] = version
+    return pa.concat_tables([runs, same.select(runs.column_names).cast(runs.schema)])
+
+
+def domain_pool(
+    store, inputs: dict[str, int], runs: pa.Table, columns: tuple[str, ...] = ("doc_id", "ppl", "n_tokens")
+) -> pa.Table:
     """PPL and token counts of the domain train chunks the dataset is selected from (no eval document, no document
     sharing a group with one: the selection's leak-free pool), at the scores version, model and window policy the
     landscape pinned — which the pilots must have trained on. The scores and documents versions read join
@@ -277,7 +311,7 @@ def _domain_pool(store, inputs: dict[str, int], runs: pa.Table) -> pa.Table:
         ("model_revision", "=", pin["model_revision"]),
         ("policy_hash", "=", pin["policy_hash"]),
     ]
-    scores = store.read(SCORES_TABLE, pin["scores_version"], columns=["doc_id", "ppl", "n_tokens"], filters=filters)
+    scores = store.read(SCORES_TABLE, pin["scores_version"], columns=sorted({"doc_id", *columns}), filters=filters)
     inputs[SCORES_TABLE] = pin["scores_version"]
     inputs[DOCUMENTS_TABLE] = require_version(store, DOCUMENTS_TABLE)  # pinned: what the pool was cut from
     # the pool DOS will select from: no chunk of an eval document or of a document sharing a group with one

@@ -64,6 +64,7 @@ OWNERS = {
     "pilots": ["team:science"],
     "laws": ["team:science"],
     "dataset": ["team:data-platform", "team:science"],
+    "validation": ["team:science"],
     "audit": ["team:data-governance"],
 }
 TIERS = {
@@ -74,6 +75,7 @@ TIERS = {
     "pilots": "experiment",
     "laws": "answer",
     "dataset": "product",
+    "validation": "experiment",
     "audit": "governance",
 }
 

@@ -64,6 +64,8 @@ DOMAIN_SELECTION = dg.AssetKey(["dataset", "domain_selection"])  # materialized 
 MIXTURE_RUNS = dg.AssetKey(["pilots", "mixture_runs"])
 REGIME_RUNS_TABLE = "pilots/regime_runs"
 MIXTURE_RUNS_TABLE = "pilots/mixture_runs"
+FOLLOWUP_RUNS = dg.AssetKey(["pilots", "followup_runs"])  # materialized by assets.followups
+FOLLOWUP_RUNS_TABLE = "pilots/followup_runs"
 TRAINING_POOL = "cpt_training"
 
 _regimes = RegimeConfig()  # the partitions name the default regimes; landscape/regimes must build the same ones
@@ -170,10 +172,10 @@ def regime_runs(
     store = delta.store()
     with _as_failure():
         settings, budget = config.settings(), size_budget(config.size_tokens, keys["size"])
-        inputs = _PilotInputs.load(store, ModelManifest.from_json(base_model), settings)
+        inputs = PilotInputs.load(store, ModelManifest.from_json(base_model), settings)
         draw = draw_chunks(inputs.scores, inputs.regime_chunk_ids(keys["regime"]), budget, settings.seed)
         train_config = settings.train_config(budget, 1.0)
-    return _run(
+    return run_pilot(
         context,
         store,
         mlflow,
@@ -214,11 +216,11 @@ def mixture_runs(
     store = delta.store()
     with _as_failure():
         settings = config.settings()
-        inputs = _PilotInputs.load(store, ModelManifest.from_json(base_model), settings)
+        inputs = PilotInputs.load(store, ModelManifest.from_json(base_model), settings)
         selection_version, order = inputs.selection_order()
         draws = mixture_draws(inputs.scores, ratio, t_max, settings.seed, domain_order=order)
         train_config = settings.train_config(t_max, ratio)
-    return _run(
+    return run_pilot(
         context,
         store,
         mlflow,
@@ -234,7 +236,7 @@ def mixture_runs(
     )
 
 
-class _PilotInputs:
+class PilotInputs:
     """Reads what a pilot draws from, pinned to what ``landscape/regimes`` was built on (the rules are in
     :mod:`cpt.training.pilot_inputs`).
 
@@ -253,7 +255,7 @@ class _PilotInputs:
         }
 
     @classmethod
-    def load(cls, store: DeltaStore, manifest: ModelManifest, settings: PilotSettings) -> "_PilotInputs":
+    def load(cls, store: DeltaStore, manifest: ModelManifest, settings: PilotSettings) -> "PilotInputs":
         versions = {REGIMES_TABLE: require_version(store, REGIMES_TABLE)}
         pins = store.read(
             REGIMES_TABLE, versions[REGIMES_TABLE], columns=["scores_version", "model_revision", "policy_hash"]
@@ -321,11 +323,54 @@ class _PilotInputs:
         return sets
 
 
-def _run(
+def train_pilot(
+    context: dg.AssetExecutionContext,
+    inputs: PilotInputs,
+    train_config: TrainConfig,
+    domain_ids: Sequence[str],
+    general_ids: Sequence[str],
+    label: str,
+    on_eval=None,
+) -> tuple[TrainResult, str]:
+    """Train the base model on these chunks, evaluated on the pilots' held-out sets: (result, eval set hash)."""
+    manifest, held_out = inputs.manifest, inputs.held_out
+    for role in ROLES:
+        for warning in held_out[role].sources.warnings:
+            context.log.warning(warning)
+    model, tokenizer = load_model(manifest.path)
+    domain_eval, general_eval, domain_train, general_train = inputs.chunk_sets(
+        tokenizer, held_out["domain"].chunk_ids, held_out["general"].chunk_ids, domain_ids, general_ids
+    )
+    eval_set = config_hash(sorted(c.chunk_id for c in [*domain_eval, *general_eval]))
+    context.log.info(
+        f"pilot {label}: {len(domain_train)} domain + {len(general_train)} general train chunks, "
+        f"{train_config.token_budget:,} tokens; eval on {len(domain_eval)} chunks of "
+        f"{', '.join(held_out['domain'].sources.sources)} + {len(general_eval)} of "
+        f"{', '.join(held_out['general'].sources.sources)}"
+    )
+    result = continue_pretraining(
+        model,
+        domain_train=domain_train,
+        general_train=general_train,
+        domain_eval=domain_eval,
+        general_eval=general_eval,
+        config=train_config,
+        pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.bos_token_id,
+        on_eval=on_eval,
+    )
+    context.log.info(
+        f"pilot {label}: {result.tokens:,} tokens in {result.seconds:.1f} s ({result.tokens_per_second:,.0f} tok/s); "
+        f"domain loss {result.initial.domain_loss:.4f} → {result.final.domain_loss:.4f}, general loss "
+        f"{result.initial.general_loss:.4f} → {result.final.general_loss:.4f}"
+    )
+    return result, eval_set
+
+
+def run_pilot(
     context: dg.AssetExecutionContext,
     store: DeltaStore,
     mlflow: MlflowResource,
-    inputs: _PilotInputs,
+    inputs: PilotInputs,
     *,
     table: str,
     regime: str,
@@ -338,43 +383,21 @@ def _run(
 ) -> dg.MaterializeResult:
     """Train one pilot, track it in MLflow, replace the partition's curve in Delta, and report."""
     manifest, versions, held_out = inputs.manifest, inputs.versions, inputs.held_out
-    for role in ROLES:
-        for warning in held_out[role].sources.warnings:
-            context.log.warning(warning)
-    model, tokenizer = load_model(manifest.path)
-    domain_eval, general_eval, domain_train, general_train = inputs.chunk_sets(
-        tokenizer, held_out["domain"].chunk_ids, held_out["general"].chunk_ids, domain_ids, general_ids
-    )
-    eval_set = config_hash(sorted(c.chunk_id for c in [*domain_eval, *general_eval]))
     tags = lineage_tags(
         context, versions, mlflow, base_model_revision=manifest.revision, base_model_source=manifest.source
     )
     run_name = f"{context.asset_key.path[-1]}:{context.partition_key}"
     tracked = start_run(mlflow, "pilots", run_name, tags, params | {"train": asdict(train_config)})
-    context.log.info(
-        f"pilot {run_name}: {len(domain_train)} domain + {len(general_train)} general train chunks, "
-        f"{train_config.token_budget:,} tokens; eval on {len(domain_eval)} chunks of "
-        f"{', '.join(held_out['domain'].sources.sources)} + {len(general_eval)} of "
-        f"{', '.join(held_out['general'].sources.sources)}; MLflow run {tracked.run_id}"
-    )
+    context.log.info(f"pilot {run_name}: MLflow run {tracked.run_id}")
 
     def on_eval(point: EvalPoint) -> None:
         log_metrics(mlflow, tracked, [point_metrics(point)], step_key="tokens")
-        context.log.info(
+        context.log.debug(
             f"T={point.tokens:,}: domain loss {point.domain_loss:.4f}, general loss {point.general_loss:.4f}"
         )
 
     try:
-        result = continue_pretraining(
-            model,
-            domain_train=domain_train,
-            general_train=general_train,
-            domain_eval=domain_eval,
-            general_eval=general_eval,
-            config=train_config,
-            pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.bos_token_id,
-            on_eval=on_eval,
-        )
+        result, eval_set = train_pilot(context, inputs, train_config, domain_ids, general_ids, run_name, on_eval)
         log_metrics(mlflow, tracked, [{"tokens": result.tokens, "seconds": result.seconds}], step_key="tokens")
         identity = {"train": train_config, "eval_set": eval_set, "eval_tokens": inputs.settings.eval_tokens}
         info = PilotRunInfo(
@@ -382,7 +405,7 @@ def _run(
             regime=regime,
             mix_ratio=ratio,
             size_tokens=train_config.token_budget,
-            train_chunks=len(domain_train),
+            train_chunks=len(domain_ids),
             stats=stats,
             model_revision=manifest.revision,
             mlflow_run_id=tracked.run_id,

@@ -16,8 +16,11 @@ cptdata audit [TABLE[@VERSION]] [--json] [--out DIR]
 cptdata audit --uses FILE_OR_TABLE@VERSION
                              every table version built from a source file (path or sha256:HEX) or table version
 
-The main job (demo): ingest → base model → score → landscape → regime pilots → PPL law + DOS selection → mixture
-pilots (on the selection) → CMR → dataset.
+The main job (demo): ingest → base model → score → landscape → regime pilots → PPL law (⇄ follow-up pilots around
+its optimum, while it asks for them) → DOS selection → mixture pilots (on the selection) → CMR → dataset (+ lineage
+report) → confirmations (the papers' claims re-checked). It prints a header per stage, then the stage times and a
+results block: corpus sizes, landscape medians, both answers with basis, interval and flags, the dataset, the
+confirmation verdicts, failed gates, plots and how to open both UIs. `cptdata demo -h` lists its options.
 
 Exit codes (for schedulers and scripts):
   0    every run succeeded and every blocking quality gate passed
@@ -42,6 +45,7 @@ import os
 import signal
 import socket
 import sys
+import time
 import traceback
 import warnings
 from collections.abc import Iterator
@@ -55,11 +59,16 @@ from assets.partitions import corpus_sources
 from orchestration.jobs import (
     base_model_job,
     build_dataset_job,
+    confirm_claims_job,
+    domain_selection_job,
     fit_cmr_job,
     fit_laws_job,
+    fit_ppl_law_job,
+    followup_pilots_job,
     ingest_corpus_job,
     landscape_job,
     mixture_pilots_job,
+    plan_followups_job,
     regime_pilots_job,
     score_corpus_job,
     select_domain_data_job,
@@ -209,13 +218,18 @@ class Outcome:
 
 OUTCOME = Outcome()  # this invocation's (reset by main)
 LOG_LEVEL = {"level": "INFO"}  # Dagster's console log level for the runs of this invocation: DEBUG with -v
+OP_CONFIG: dict[str, dict] = {}  # asset op name → run config fields set on the command line (reset by main)
 
 
 def _execute(job: dg.JobDefinition, instance: dg.DagsterInstance, **kwargs) -> dg.ExecuteInProcessResult:
     """Execute in this process, tagged with it; a run the process is interrupted in is marked failed. Dagster's own
     step events are DEBUG: shown with -v only; the stages' progress (INFO) always."""
     tags = {**kwargs.pop("tags", {}), **_process_tags()}
-    run_config = {"loggers": {"console": {"config": {"log_level": LOG_LEVEL["level"]}}}}
+    run_config: dict = {"loggers": {"console": {"config": {"log_level": LOG_LEVEL["level"]}}}}
+    ops = {node.name for node in job.graph.nodes}
+    chosen = {name: {"config": config} for name, config in OP_CONFIG.items() if name in ops}
+    if chosen:
+        run_config["ops"] = chosen
     result = job.execute_in_process(instance=instance, tags=tags, raise_on_error=False, run_config=run_config, **kwargs)
     run = instance.get_run_by_id(result.run_id)
     if run is not None and run.tags.get("dagster/failure_reason") == "UNEXPECTED_TERMINATION":
@@ -266,6 +280,9 @@ def _report(result) -> bool:
             "tokens",
             "achieved_ratio",
             "export_folder",
+            "rounds_done",
+            "needed",
+            "round",
         )
         meta = {k: v.value for k, v in mat.metadata.items() if k in keys}
         print(f"[cptdata]   {mat.asset_key.to_user_string()}: {meta}", flush=True)
@@ -330,17 +347,71 @@ def landscape(defs: dg.Definitions, instance: dg.DagsterInstance) -> bool:
     return _report(_execute(defs.resolve_job_def(landscape_job.name), instance))
 
 
-def pilots(defs: dg.Definitions, instance: dg.DagsterInstance, kinds: list[str]) -> bool:
-    """Every partition of the chosen pilot jobs, one run each, in order (what a UI backfill queues)."""
-    jobs = {"regime": regime_pilots_job.name, "mixture": mixture_pilots_job.name}
+def pilots(defs: dg.Definitions, instance: dg.DagsterInstance, kinds: list[str], keys: list[str] | None = None) -> bool:
+    """Every partition of the chosen pilot jobs (or the given ``keys``), one run each, in order (what a UI backfill
+    queues), with progress: training tokens/s and an ETA."""
+    jobs = {"regime": regime_pilots_job.name, "mixture": mixture_pilots_job.name, "follow-up": followup_pilots_job.name}
     ok = True
     for kind in kinds:
         job = defs.resolve_job_def(jobs[kind])
-        keys = job.partitions_def.get_partition_keys(dynamic_partitions_store=instance)
-        for i, key in enumerate(keys, 1):
-            print(f"[cptdata] {kind} pilot {i}/{len(keys)}: {key} ...", flush=True)
-            ok = _report(_execute(job, instance, partition_key=key)) and ok
+        todo = keys if keys is not None else job.partitions_def.get_partition_keys(dynamic_partitions_store=instance)
+        start, rate = time.perf_counter(), ""
+        for i, key in enumerate(todo, 1):
+            elapsed = time.perf_counter() - start
+            eta = f", ETA {_duration(elapsed / (i - 1) * (len(todo) - i + 1))}" if i > 1 else ""
+            print(f"[cptdata] {kind} pilot {i}/{len(todo)}: {key} ...{rate}{eta}", flush=True)
+            result = _execute(job, instance, partition_key=key)
+            ok = _report(result) and ok
+            speed = _metadata_value(result, "train_tokens_per_second")
+            rate = f" (last: {speed:,.0f} training tok/s)" if speed else ""
+        if todo:
+            print(f"[cptdata]   {len(todo)} {kind} pilots in {_duration(time.perf_counter() - start)}", flush=True)
     return ok
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def _metadata_value(result, key: str):
+    for event in result.get_asset_materialization_events():
+        value = event.event_specific_data.materialization.metadata.get(key)
+        if value is not None:
+            return value.value
+    return None
+
+
+def ppl_law_rounds(defs: dg.Definitions, instance: dg.DagsterInstance) -> bool:
+    """Fit the PPL law; while its answer asks for follow-up pilots, plan a round, run it and refit (each round is
+    recorded in pilots/followup_regimes, and the final answer says how many rounds it took and why they stopped)."""
+    print("[cptdata] fit the PPL law ...", flush=True)
+    if not _report(_execute(defs.resolve_job_def(fit_ppl_law_job.name), instance)):
+        return False
+    while True:
+        result = _execute(defs.resolve_job_def(plan_followups_job.name), instance)
+        if not _report(result):
+            return False
+        new = _metadata_value(result, "new_regimes") or []
+        if not new:
+            print(f"[cptdata]   no follow-up round: {_metadata_value(result, 'reason')}", flush=True)
+            return True
+        round_ = _metadata_value(result, "round")
+        print(f"[cptdata] follow-up round {round_}: {_metadata_value(result, 'reason')}", flush=True)
+        if not pilots(defs, instance, ["follow-up"], keys=list(new)):
+            return False
+        print(f"[cptdata] refit the PPL law with round {round_} ...", flush=True)
+        if not _report(_execute(defs.resolve_job_def(fit_ppl_law_job.name), instance)):
+            return False
+
+
+def domain_selection(defs: dg.Definitions, instance: dg.DagsterInstance) -> bool:
+    print("[cptdata] select domain data (DOS) toward the target landscape ...", flush=True)
+    return _report(_execute(defs.resolve_job_def(domain_selection_job.name), instance))
+
+
+def confirm(defs: dg.Definitions, instance: dg.DagsterInstance) -> bool:
+    print("[cptdata] confirmation runs (the papers' claims on this build) ...", flush=True)
+    return _report(_execute(defs.resolve_job_def(confirm_claims_job.name), instance))
 
 
 def laws(defs: dg.Definitions, instance: dg.DagsterInstance) -> bool:
@@ -430,6 +501,47 @@ def audit(profile: Profile, ref: str | None, uses_ref: str | None, as_json: bool
     return True
 
 
+def demo(
+    defs: dg.Definitions, instance: dg.DagsterInstance, profile: Profile, names: list[str], skip_confirmations: bool
+) -> None:
+    """The main job, stage by stage, each under a header; then the stage times and the results block."""
+    stages = [
+        (f"ingest {len(names)} sources", lambda: ingest(defs, instance, names)),
+        ("base model", lambda: base_model(defs, instance)),
+        ("score every chunk (Spark)", lambda: score(defs, instance, names)),
+        ("landscape", lambda: landscape(defs, instance)),
+        ("regime pilots", lambda: pilots(defs, instance, ["regime"])),
+        ("PPL law + follow-up pilots", lambda: ppl_law_rounds(defs, instance)),
+        ("DOS selection", lambda: domain_selection(defs, instance)),
+        ("mixture pilots", lambda: pilots(defs, instance, ["mixture"])),
+        ("CMR", lambda: fit_cmr(defs, instance)),
+        ("dataset + lineage report", lambda: dataset(defs, instance)),
+    ]
+    if not skip_confirmations:
+        stages.append(("confirmations", lambda: confirm(defs, instance)))
+    timings: list[tuple[str, float]] = []
+    for i, (name, stage) in enumerate(stages, 1):
+        print(f"\n[cptdata] ===== stage {i}/{len(stages)}: {name} =====", flush=True)
+        start = time.perf_counter()
+        ok = stage()
+        timings.append((name, time.perf_counter() - start))
+        if not ok:
+            print(f"[cptdata] stage {name!r} failed: the stages after it did not run", flush=True)
+            break
+    from orchestration.results import results_block, stage_table
+
+    print("\n[cptdata] ===== stage times =====", flush=True)
+    for line in stage_table(timings):
+        print(f"[cptdata] {line}", flush=True)
+    uis = {"dagster": os.environ.get("CPTDATA_DAGSTER_UI") or "http://127.0.0.1:3000"}
+    uis["mlflow"] = os.environ.get("CPTDATA_MLFLOW_UI") or "http://127.0.0.1:5000"
+    with dg.build_resources({"delta": profile.delta}) as resources:
+        lines = results_block(resources.delta.store(), OUTCOME.gates_failed, OUTCOME.findings, uis)
+    print(f"\n[cptdata] ===== {lines[0]} =====", flush=True)
+    for line in lines[1:]:
+        print(f"[cptdata] {line}", flush=True)
+
+
 def _say(line: str) -> bool:
     print(line, flush=True)
     return True
@@ -450,7 +562,34 @@ def _parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", help="Dagster's step events too, and the traceback of an error"
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="register sources and materialize the whole graph")
+    p_demo = sub.add_parser(
+        "demo",
+        help="register sources and materialize the whole graph, stage by stage; ends with the results",
+        description="The main job: ingest → base model → score → landscape → regime pilots → PPL law (+ follow-up "
+        "pilots) → DOS selection → mixture pilots → CMR → dataset → confirmations. Reruns skip what is current.",
+    )
+    p_demo.add_argument(
+        "--budget",
+        type=int,
+        metavar="TOKENS",
+        help="the dataset's size in tokens (T_target; the CMR is answered for it); default: the mixture pilots' T_max",
+    )
+    p_demo.add_argument(
+        "--domain-eval",
+        action="append",
+        metavar="SOURCE",
+        default=[],
+        help="a source whose eval split is the held-out domain set of every pilot (repeatable); "
+        "default: the eval-only domain sources",
+    )
+    p_demo.add_argument(
+        "--general-eval", action="append", metavar="SOURCE", default=[], help="the same for the held-out general set"
+    )
+    p_demo.add_argument(
+        "--followup-rounds", type=int, metavar="N", help="at most N rounds of follow-up pilots (default 2; 0: none)"
+    )
+    p_demo.add_argument("--seeds", type=int, metavar="N", help="seeds per confirmation arm (default 3)")
+    p_demo.add_argument("--skip-confirmations", action="store_true", help="stop after the dataset")
     sub.add_parser("register", help="register sources as partitions")
     p_ingest = sub.add_parser("ingest", help="ingest the named sources")
     p_ingest.add_argument("sources", nargs="+")
@@ -471,6 +610,40 @@ def _parser() -> argparse.ArgumentParser:
     p_audit.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
     p_audit.add_argument("--out", metavar="DIR", help="also write the report as DIR/<table>_v<N>.json and .md")
     return parser
+
+
+PILOT_OPS = ("pilots__regime_runs", "pilots__mixture_runs", "pilots__followup_runs", "validation__confirmations")
+
+
+def _demo_config(args: argparse.Namespace) -> dict[str, dict]:
+    """The demo's options as run config of the assets they concern (validated by Dagster when a job runs)."""
+    config: dict[str, dict] = {}
+
+    def put(op: str, **fields) -> None:
+        config.setdefault(op, {}).update(fields)
+
+    for op in PILOT_OPS:
+        if args.domain_eval:
+            put(op, domain_eval_sources=args.domain_eval)
+        if args.general_eval:
+            put(op, general_eval_sources=args.general_eval)
+    if args.budget is not None:
+        if args.budget <= 0:
+            raise UsageError(f"--budget must be a positive number of tokens, got {args.budget}")
+        put("laws__cmr", target_tokens=args.budget)
+        put("dataset__cpt_mixture", target_tokens=args.budget)
+        from assets.dataset import DEFAULT_BUDGET
+
+        put("dataset__domain_selection", budget_tokens=max(DEFAULT_BUDGET, args.budget))
+    if args.followup_rounds is not None:
+        if args.followup_rounds < 0:
+            raise UsageError(f"--followup-rounds must be 0 or more, got {args.followup_rounds}")
+        put("laws__ppl_law", followup_rounds=args.followup_rounds)
+    if args.seeds is not None:
+        if args.seeds < 1:
+            raise UsageError(f"--seeds must be at least 1, got {args.seeds}")
+        put("validation__confirmations", seeds=list(range(1, args.seeds + 1)))
+    return config
 
 
 @contextmanager
@@ -501,11 +674,14 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse has printed its usage line
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     LOG_LEVEL["level"] = "DEBUG" if args.verbose else "INFO"
+    OP_CONFIG.clear()
     OUTCOME.failed_runs.clear()
     OUTCOME.gates_failed.clear()
     OUTCOME.findings.clear()
     try:
         with _sigterm_interrupts():
+            if args.command == "demo":
+                OP_CONFIG.update(_demo_config(args))
             profile = load_profile(os.environ)  # every setting validated before any work
             for warning in profile.warnings:
                 _err(warning, level="warning")
@@ -575,18 +751,7 @@ def _run(args: argparse.Namespace, profile: Profile, instance: dg.DagsterInstanc
         audit(profile, args.ref, args.uses, args.json, args.out)
         return EXIT_OK  # the report is the output: no "done" line after it
     else:
-        (
-            ingest(defs, instance, names)
-            and base_model(defs, instance)
-            and score(defs, instance, names)
-            and landscape(defs, instance)
-            and pilots(defs, instance, ["regime"])
-            and select(defs, instance)
-            and pilots(defs, instance, ["mixture"])
-            and fit_cmr(defs, instance)
-            and dataset(defs, instance)
-            and _say("[cptdata] its lineage (files, model, versions, fits, runs, code): cptdata audit")
-        )
+        demo(defs, instance, profile, names, skip_confirmations=args.skip_confirmations)
     gates = OUTCOME.gates_failed
     shown = f"; quality gates that failed (see their metadata): {', '.join(gates)}" if gates else ""
     if OUTCOME.findings:

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import dagster as dg
 
-from assets import audit, corpus, dataset, landscape, laws, models, pilots, scores
+from assets import audit, corpus, dataset, followups, landscape, laws, models, pilots, scores, validation
 from orchestration.jobs import ALL_JOBS
 from orchestration.profiles import Profile, load_profile
 from orchestration.schedules import corpus_build_schedule
@@ -19,9 +19,11 @@ def build_definitions(env: Mapping[str, str], profile: Profile | None = None) ->
     naming it); ``profile``: one already loaded from ``env``. Secrets reach the resources only as ``dg.EnvVar``."""
     profile = profile or load_profile(env)
     return dg.Definitions(
-        assets=dg.load_assets_from_modules([corpus, models, scores, landscape, pilots, laws, dataset, audit]),
+        assets=dg.load_assets_from_modules(
+            [corpus, models, scores, landscape, pilots, followups, laws, dataset, validation, audit]
+        ),
         asset_checks=dg.load_asset_checks_from_modules(
-            [corpus, models, scores, landscape, pilots, laws, dataset, audit]
+            [corpus, models, scores, landscape, pilots, followups, laws, dataset, validation, audit]
         ),
         jobs=ALL_JOBS,
         schedules=[corpus_build_schedule(profile.corpus_build_cron, profile.corpus_build_on)],

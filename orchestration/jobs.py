@@ -1,5 +1,6 @@
 """Jobs: the per-source ingestion job (what the sensor and schedule launch) and one job per stage of the graph, in
-the order the main job runs them: … regime pilots → PPL law → selection → mixture pilots → CMR → dataset."""
+the order the main job runs them: … regime pilots → PPL law ⇄ follow-up pilots → selection → mixture pilots → CMR
+→ dataset → confirmations."""
 
 import dagster as dg
 
@@ -45,6 +46,32 @@ fit_laws_job = dg.define_asset_job(
     description="Fit both scaling laws on the pilot tables; record and register them in MLflow.",
 )
 
+fit_ppl_law_job = dg.define_asset_job(
+    "fit_ppl_law",
+    selection=dg.AssetSelection.assets(["laws", "ppl_law"]),
+    description="Fit the perplexity-aware law on the regime and follow-up pilots; its answer says whether a round of "
+    "follow-up pilots is needed.",
+)
+
+plan_followups_job = dg.define_asset_job(
+    "plan_followups",
+    selection=dg.AssetSelection.assets(["pilots", "followup_regimes"]),
+    description="When the current PPL-law fit asks for it: DOS-built regimes at and around its optimum, registered "
+    "as new followup_runs partitions (one round).",
+)
+
+followup_pilots_job = dg.define_asset_job(
+    "followup_pilots",
+    selection=dg.AssetSelection.assets(["pilots", "followup_runs"]),
+    description="One pilot CPT run per follow-up regime partition; backfill the new partitions, then refit the law.",
+)
+
+domain_selection_job = dg.define_asset_job(
+    "domain_selection",
+    selection=dg.AssetSelection.assets(["dataset", "domain_selection"]),
+    description="Select domain chunks by DOS toward the current PPL-law answer (refused when it is not supported).",
+)
+
 select_domain_data_job = dg.define_asset_job(
     "select_domain_data",
     selection=dg.AssetSelection.assets(["laws", "ppl_law"], ["dataset", "domain_selection"]),
@@ -65,6 +92,13 @@ build_dataset_job = dg.define_asset_job(
     "then report its lineage.",
 )
 
+confirm_claims_job = dg.define_asset_job(
+    "confirm_claims",
+    selection=dg.AssetSelection.assets(["validation", "confirmations"]),
+    description="Re-check the papers' claims at this build's scale (DOS vs baselines, the CMR, the law's "
+    "prediction), several seeds each; a claim that fails is reported, never fails the build.",
+)
+
 audit_lineage_job = dg.define_asset_job(
     "audit_lineage",
     selection=dg.AssetSelection.groups("audit"),
@@ -79,8 +113,13 @@ ALL_JOBS = [
     regime_pilots_job,
     mixture_pilots_job,
     fit_laws_job,
+    fit_ppl_law_job,
+    plan_followups_job,
+    followup_pilots_job,
+    domain_selection_job,
     select_domain_data_job,
     fit_cmr_job,
     build_dataset_job,
+    confirm_claims_job,
     audit_lineage_job,
 ]

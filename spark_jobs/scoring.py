@@ -148,6 +148,7 @@ def run_scoring_job(
         max_batch_tokens=spec.max_batch_tokens,
         shipped=spec.ship_model,
         torch_threads=spec.torch_threads or max(1, (os.cpu_count() or 1) // parallelism),
+        progress=None if is_connect(spark) else spark.sparkContext.accumulator(0),
     )
     scored = docs.repartition(partitions).mapInArrow(scorer, from_arrow_schema(SCORES_SCHEMA))
     commit = CommitInfo(
@@ -163,7 +164,7 @@ def run_scoring_job(
         else {},
         models=spec.model_record,
     )
-    with _StageProgress(spark, on_progress, f"scoring {to_score} documents"):
+    with _StageProgress(spark, on_progress, f"scoring {to_score} documents", tokens=scorer.progress):
         written = write_unique_to_delta(
             scored,
             store,
@@ -228,8 +229,16 @@ def _clean_orphans(store: DeltaStore, spec: ScoringJobSpec, report: Callable[[st
 class _StageProgress:
     """Reports the running Spark stages' task counts from a background thread while a job runs."""
 
-    def __init__(self, spark: SparkSession, report: Callable[[str], None] | None, label: str, every: float = 15.0):
+    def __init__(
+        self,
+        spark: SparkSession,
+        report: Callable[[str], None] | None,
+        label: str,
+        every: float = 15.0,
+        tokens: Any = None,
+    ):
         self.spark, self.report, self.label, self.every = spark, report, label, every
+        self.tokens = tokens  # an accumulator of tokens done (tasks add theirs when they finish), or None
         self.done = threading.Event()
 
     def __enter__(self) -> _StageProgress:
@@ -249,9 +258,21 @@ class _StageProgress:
         tracker = self.spark.sparkContext.statusTracker()
         start = time.perf_counter()
         while not self.done.wait(self.every):
-            stages = [tracker.getStageInfo(s) for s in tracker.getActiveStageIds()]
-            tasks = ", ".join(f"stage {s.stageId}: {s.numCompletedTasks}/{s.numTasks} tasks" for s in stages if s)
-            self.report(f"{self.label}: {time.perf_counter() - start:.0f} s, {tasks or 'between stages'}")
+            stages = [s for s in map(tracker.getStageInfo, tracker.getActiveStageIds()) if s]
+            tasks = ", ".join(f"stage {s.stageId}: {s.numCompletedTasks}/{s.numTasks} tasks" for s in stages)
+            elapsed = time.perf_counter() - start
+            self.report(f"{self.label}: {elapsed:.0f} s, {tasks or 'between stages'}{self._rate(stages, elapsed)}")
+
+    def _rate(self, stages, elapsed: float) -> str:
+        """Tokens done, tokens/s and an ETA from the share of the largest stage's tasks done (tasks are of a size)."""
+        if self.tokens is None or not stages:
+            return ""
+        stage = max(stages, key=lambda s: s.numTasks)
+        done, tokens = stage.numCompletedTasks, int(self.tokens.value)
+        if not done or not tokens:
+            return ""
+        eta = elapsed * (stage.numTasks - done) / done
+        return f"; {tokens:,} tokens, {tokens / elapsed:,.0f} tok/s, ETA {eta:.0f} s"
 
 
 def spec_from_json(data: dict) -> ScoringJobSpec:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import pyarrow as pa
 
@@ -54,6 +55,7 @@ class ScoreDocuments:
     max_batch_tokens: int | None = None  # None: the scorer's default for the device
     shipped: bool = False
     torch_threads: int | None = None
+    progress: Any = None  # a Spark accumulator of tokens scored (the driver's progress line), or None
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         scorer, tokenizer = self._scorer()
@@ -84,6 +86,8 @@ class ScoreDocuments:
                 "score_run_id": [self.run_id] * len(scores),
                 "scored_at": [now] * len(scores),
             }
+            if self.progress is not None:
+                self.progress.add(sum(s.n_tokens for s in scores))
             if pause := _test_pause():
                 time.sleep(pause)
             yield pa.RecordBatch.from_pydict(rows, schema=SCORES_SCHEMA)

@@ -19,6 +19,7 @@ from cpt.laws.errors import DegenerateData, LawFitError
 from cpt.laws.gates import CmrGate, GateResult, PplGate, cmr_gate, landscape_answer_gate, ppl_law_gate
 from cpt.laws.pilot_tables import EvalAggregate, EvalLoss, MixtureData, mixture_trajectories, regime_observations
 from cpt.laws.ppl.answer import AnswerRules, LandscapeAnswer, NullComparison, compare_with_size_law, landscape_answer
+from cpt.laws.ppl.followup import FollowupDecision, FollowupRules, decide_followup
 from cpt.laws.ppl.law import PplLawFit, PplLawOptions, PplObservations, fit_ppl_law
 from cpt.laws.ppl.optimum import PplOptimum, ppl_optimum
 from cpt.laws.ppl.region import SearchRegion, TrustRegion, reachable_region
@@ -43,9 +44,11 @@ class PplSettings:
     max_heldout_relative_error: float = 0.05
     min_gain: float = 0.0
     min_within_size_r2: float = 0.0
+    followup_rounds: int = 2  # at most this many rounds of follow-up pilots around the optimum
+    followup_max_relative_width: float = 0.25  # an optimum interval wider than this share of its value: follow up
 
     def __post_init__(self) -> None:  # every option checked before any work (ValueError names the bad one)
-        self.law_options(), self.rules(), self.eval_loss()
+        self.law_options(), self.rules(), self.eval_loss(), self.followup_rules()
         if self.trust_margin < 0 or (self.selection_tokens is not None and self.selection_tokens <= 0):
             raise ValueError("trust_margin must be ≥ 0 and selection_tokens positive")
 
@@ -63,6 +66,9 @@ class PplSettings:
     def eval_loss(self) -> EvalLoss:
         return EvalLoss(self.eval_aggregate, self.eval_trim)
 
+    def followup_rules(self) -> FollowupRules:
+        return FollowupRules(self.followup_rounds, self.followup_max_relative_width)
+
 
 @dataclass(frozen=True)
 class PplReport:
@@ -76,6 +82,7 @@ class PplReport:
     answer: LandscapeAnswer
     gate: GateResult  # the law's: promotion of the registered model
     answer_gate: GateResult  # the answer's: what the selection may act on
+    followup: FollowupDecision  # whether pilots at and around the optimum should follow, and why (not)
 
     def to_json(self) -> dict[str, object]:
         reachable = self.region.reachable
@@ -93,6 +100,7 @@ class PplReport:
             "eval_loss": self.settings.eval_loss().__dict__,
             "runs": list(self.observations.run_ids),
             "regimes": list(self.observations.group_ids),
+            "followup": self.followup.to_json(),
         }
 
     def caveats(self) -> tuple[str, ...]:
@@ -112,7 +120,11 @@ class PplReport:
         return tuple(out)
 
     def answer_json(self) -> dict[str, object]:
-        return self.answer.to_json() | {"caveats": list(self.caveats()), "supported": self.answer_gate.to_json()}
+        return self.answer.to_json() | {
+            "caveats": list(self.caveats()),
+            "supported": self.answer_gate.to_json(),
+            "followup": self.followup.to_json(),
+        }
 
     def summary(self) -> str:
         o, level = self.optimum, self.settings.ci_level
@@ -122,7 +134,7 @@ class PplReport:
                 f" ({level:.0%} bootstrap interval of the optimum: μ {o.mu_ci[0]:.4g}–{o.mu_ci[1]:.4g}, "
                 f"σ {o.sigma_ci[0]:.4g}–{o.sigma_ci[1]:.4g})"
             )
-        return "; ".join([self.answer.summary() + spread, *self.caveats()])
+        return "; ".join([self.answer.summary() + spread, *self.caveats(), self.followup.summary()])
 
     def quality(self) -> dict[str, float | int | bool | None]:
         return {
@@ -168,7 +180,9 @@ def ppl_report(
     answer = landscape_answer(obs, fit, comparison, optimum, rules, random_regime)
     gate = ppl_law_gate(fit, comparison, float(np.mean(obs.loss)), settings.gate())
     answer_gate = landscape_answer_gate(answer, gate)
-    return PplReport(settings, obs, fit, size_fit, comparison, region, optimum, answer, gate, answer_gate)
+    points = list(zip(obs.group_ids, obs.mu.tolist(), obs.sigma.tolist(), strict=True))
+    followup = decide_followup(optimum, answer.basis, points, settings.followup_rules())
+    return PplReport(settings, obs, fit, size_fit, comparison, region, optimum, answer, gate, answer_gate, followup)
 
 
 def _reachable(pool_ppl: np.ndarray, pool_tokens: np.ndarray, settings: PplSettings, largest_pilot: float):

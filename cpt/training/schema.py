@@ -45,3 +45,28 @@ PILOT_POINTS_SCHEMA = pa.schema(
         pa.field("general_eval_sources", pa.list_(pa.string())),
     ]
 )
+
+# ``pilots/followup_regimes``: one row per follow-up regime (DOS toward a point at or around the law's optimum);
+# partitioned by ``name`` (also the pilots/followup_runs partition that trains on it).
+FOLLOWUP_REGIMES_SCHEMA = pa.schema(
+    [
+        pa.field("name", pa.string()),  # f<round>-<label>
+        pa.field("round", pa.int64()),
+        pa.field("label", pa.string()),  # opt | lo | hi
+        pa.field("target_mu", pa.float64()),  # the DOS target, in the fit's terms
+        pa.field("target_sigma", pa.float64()),
+        pa.field("ppl_space", pa.string()),
+        pa.field("sigma_kind", pa.string()),
+        pa.field("mu", pa.float64()),  # what DOS reached, in the fit's terms
+        pa.field("sigma", pa.float64()),
+        pa.field("size_tokens", pa.int64()),  # D its pilot trains on (a prefix of the DOS order)
+        pa.field("tokens", pa.int64()),  # tokens of the whole DOS subset
+        pa.field("chunk_ids", pa.list_(pa.string())),  # in DOS step order
+        pa.field("reason", pa.string()),  # why the round was needed
+        pa.field("fit_key", pa.string()),
+        pa.field("fit_mlflow_run_id", pa.string()),
+        pa.field("scores_version", pa.int64()),
+        pa.field("model_revision", pa.string()),
+        pa.field("policy_hash", pa.string()),
+    ]
+)

@@ -1,0 +1,1 @@
+"""Confirmation runs: the papers' claims re-checked on every build (cpt.validation.claims)."""
