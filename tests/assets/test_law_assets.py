@@ -85,7 +85,8 @@ def landscape_tables(store: DeltaStore) -> None:
     pool = {"ppl": ppl, "n_tokens": np.full(ppl.size, 1_000_000, dtype=np.int64)}
     labels = {"role": "domain", "split": "train", "model_revision": "m", "policy_hash": "p"}
     doc_ids = [f"d{i}" for i in range(ppl.size)]
-    table = pa.table(pool | {"doc_id": doc_ids} | {k: [v] * ppl.size for k, v in labels.items()})
+    chunk_ids = [f"c{i}" for i in range(ppl.size)]
+    table = pa.table(pool | {"doc_id": doc_ids, "chunk_id": chunk_ids} | {k: [v] * ppl.size for k, v in labels.items()})
     store.overwrite(SCORES_TABLE, table, COMMIT, predicate=None)
     docs = {"doc_id": doc_ids, "group_id": doc_ids, "split": ["train"] * ppl.size}
     store.overwrite(DOCUMENTS_TABLE, pa.table(docs), COMMIT, predicate=None)
