@@ -26,10 +26,9 @@ from assets.pilots import (
     ALL_SCORES,
     FOLLOWUP_RUNS,
     FOLLOWUP_RUNS_TABLE,
-    REGIME_RUNS_TABLE,
     TRAINING_POOL,
-    PilotConfig,
     PilotInputs,
+    RegimeRunConfig,
     _as_failure,
     run_pilot,
 )
@@ -80,8 +79,7 @@ def followup_regimes(
         context.log.info(f"no follow-up round: {decision['reason']}")
         return dg.MaterializeResult(metadata=meta | {"new_regimes": dg.MetadataValue.json([])})
     inputs = {REGIMES_TABLE: require_version(store, REGIMES_TABLE), FITS_TABLE: fit.fits_version}
-    runs = store.read(REGIME_RUNS_TABLE, require_version(store, REGIME_RUNS_TABLE), columns=["scores_version"])
-    pool = domain_pool(store, inputs, runs, columns=("chunk_id", "ppl", "n_tokens"))
+    pool = domain_pool(store, inputs, None, columns=("chunk_id", "ppl", "n_tokens"))
     pin = store.read(REGIMES_TABLE, inputs[REGIMES_TABLE], columns=["model_revision", "policy_hash"]).to_pylist()[0]
     round_ = int(decision["rounds_done"]) + 1
     ppl_space, sigma_kind = fit.config.get("ppl_space", "raw"), fit.config.get("sigma_kind", "std")
@@ -151,6 +149,10 @@ def followup_regimes(
     )
 
 
+class FollowupRunConfig(RegimeRunConfig):
+    """A regime run's config (its size_tokens unused: D is the follow-up regime's)."""
+
+
 @dg.asset(
     key=FOLLOWUP_RUNS,
     ins={"base_model": dg.AssetIn(BASE_MODEL)},
@@ -166,7 +168,7 @@ def followup_regimes(
 )
 def followup_runs(
     context: dg.AssetExecutionContext,
-    config: PilotConfig,
+    config: FollowupRunConfig,
     base_model: dict,
     delta: DeltaStoreResource,
     mlflow: MlflowResource,

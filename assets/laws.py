@@ -288,18 +288,18 @@ def _with_followups(context, store, inputs: dict[str, int], runs: pa.Table) -> p
 
 
 def domain_pool(
-    store, inputs: dict[str, int], runs: pa.Table, columns: tuple[str, ...] = ("doc_id", "ppl", "n_tokens")
+    store, inputs: dict[str, int], runs: pa.Table | None, columns: tuple[str, ...] = ("doc_id", "ppl", "n_tokens")
 ) -> pa.Table:
     """PPL and token counts of the domain train chunks the dataset is selected from (no eval document, no document
     sharing a group with one: the selection's leak-free pool), at the scores version, model and window policy the
-    landscape pinned — which the pilots must have trained on. The scores and documents versions read join
-    ``inputs``."""
+    landscape pinned — which the pilots (``runs``; None: no pilots to check) must have trained on. The scores and
+    documents versions read join ``inputs``."""
     regimes_version = inputs[REGIMES_TABLE]
     pins = store.read(REGIMES_TABLE, regimes_version, columns=["scores_version", "model_revision", "policy_hash"])
     if pins.num_rows == 0:
         raise dg.Failure(f"{REGIMES_TABLE} v{regimes_version} is empty: rebuild the landscape")
     pin = pins.slice(0, 1).to_pylist()[0]
-    used = set(runs["scores_version"].to_pylist())
+    used = {pin["scores_version"]} if runs is None else set(runs["scores_version"].to_pylist())
     if used != {pin["scores_version"]}:
         raise dg.Failure(
             f"the regime pilots trained on scores v{sorted(used)} but the landscape now pins v{pin['scores_version']}: "

@@ -126,6 +126,7 @@ class PilotConfig(dg.Config):
 
 
 class RegimeRunConfig(PilotConfig):
+    evals: int = Field(_REGIME.evals, description="evaluations after T = 0 (the law uses the final one)")
     size_tokens: dict[str, int] = Field(
         dict(_REGIME.size_tokens),
         description="D, the domain tokens a regime run trains on, per size partition (quick-start scale)",
@@ -323,6 +324,11 @@ class PilotInputs:
         return sets
 
 
+# The base model's T = 0 evaluation per (model revision, held-out set, eval batch): the same for every pilot of a
+# process (a CLI run of many partitions), so it is computed once. Weights of a revision never change.
+_BASE_EVALS: dict[tuple[str, str, int], EvalPoint] = {}
+
+
 def train_pilot(
     context: dg.AssetExecutionContext,
     inputs: PilotInputs,
@@ -342,6 +348,7 @@ def train_pilot(
         tokenizer, held_out["domain"].chunk_ids, held_out["general"].chunk_ids, domain_ids, general_ids
     )
     eval_set = config_hash(sorted(c.chunk_id for c in [*domain_eval, *general_eval]))
+    known = (manifest.revision, eval_set, train_config.eval_batch_tokens)
     context.log.info(
         f"pilot {label}: {len(domain_train)} domain + {len(general_train)} general train chunks, "
         f"{train_config.token_budget:,} tokens; eval on {len(domain_eval)} chunks of "
@@ -357,7 +364,9 @@ def train_pilot(
         config=train_config,
         pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.bos_token_id,
         on_eval=on_eval,
+        initial=_BASE_EVALS.get(known),
     )
+    _BASE_EVALS[known] = result.initial
     context.log.info(
         f"pilot {label}: {result.tokens:,} tokens in {result.seconds:.1f} s ({result.tokens_per_second:,.0f} tok/s); "
         f"domain loss {result.initial.domain_loss:.4f} → {result.final.domain_loss:.4f}, general loss "

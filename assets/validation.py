@@ -27,7 +27,7 @@ from assets.law_publishing import FITS_TABLE, CurrentFit, current_fit
 from assets.laws import domain_pool
 from assets.lineage import commit_info, delta_metadata, governance, require_version
 from assets.models import BASE_MODEL
-from assets.pilots import REGIME_RUNS_TABLE, TRAINING_POOL, PilotConfig, PilotInputs, _as_failure, train_pilot
+from assets.pilots import TRAINING_POOL, PilotConfig, PilotInputs, _as_failure, train_pilot
 from assets.resources import DeltaStoreResource, MlflowResource
 from assets.tracking import finish, lineage_tags, log_metrics, start_run
 from cpt.laws.cmr.critical import general_loss_limit
@@ -56,6 +56,7 @@ CLAIMS = (
     "law_predicts_dos_loss",
 )
 SUBSET_ARMS = ("dos", "random", "lowest-ppl")
+CMR_ARMS = ("at-cmr", "above-cmr")
 
 CONFIRMATIONS_SCHEMA = pa.schema(
     [
@@ -201,7 +202,7 @@ class _Runner:
         self.mlflow, self.tracked = mlflow, tracked
         self.records: list[dict] = []
         self.seconds = 0.0
-        self.planned = len(config.seeds) * (len(SUBSET_ARMS) + 2)
+        self.planned = len(config.seeds) * (len(SUBSET_ARMS) + len(CMR_ARMS))
 
     def train(self, arm: str, seed: int, ratio: float, budget: int, domain_ids, general_ids) -> dict:
         start = time.perf_counter()
@@ -233,8 +234,7 @@ class _Runner:
 def _subset_arms(store, inputs: PilotInputs, order: list[str], config: ConfirmationConfig) -> dict:
     """Per arm, the chunk ids of each seed's subset of ``subset_tokens`` tokens and its stats."""
     regimes_version = inputs.versions[REGIMES_TABLE]
-    runs = store.read(REGIME_RUNS_TABLE, require_version(store, REGIME_RUNS_TABLE), columns=["scores_version"])
-    pool = domain_pool(store, {REGIMES_TABLE: regimes_version}, runs, columns=("chunk_id", "ppl", "n_tokens"))
+    pool = domain_pool(store, {REGIMES_TABLE: regimes_version}, None, columns=("chunk_id", "ppl", "n_tokens"))
     pool = pool.sort_by([("ppl", "ascending"), ("chunk_id", "ascending")])
     pool_ids = pool["chunk_id"].to_pylist()
     budget = config.subset_tokens
@@ -283,9 +283,9 @@ def _cmr_claims(runner: _Runner, inputs, order, fit: CurrentFit, config: Confirm
         ]
     tokens = round(tokens)
     out = []
-    for claim, r, exceed in (
-        ("cmr_within_tolerance", float(ratio), False),
-        ("cmr_is_critical", float(ratio) + config.cmr_step, True),
+    for claim, arm, r, exceed in (
+        ("cmr_within_tolerance", "at-cmr", float(ratio), False),
+        ("cmr_is_critical", "above-cmr", float(ratio) + config.cmr_step, True),
     ):
         if r > 1 + 1e-9:
             why = f"the CMR is {ratio:.3f}: no ratio {config.cmr_step} above it exists"
@@ -296,7 +296,7 @@ def _cmr_claims(runner: _Runner, inputs, order, fit: CurrentFit, config: Confirm
             with _as_failure():
                 draws = mixture_draws(inputs.scores, r, tokens, seed, domain_order=order)
             record = runner.train(
-                f"R={r:.3f}",
+                arm,
                 seed,
                 r,
                 tokens,
@@ -315,7 +315,7 @@ def _rows(claims, records, versions, selection_version, ppl_fit, cmr_fit, mlflow
     rows = []
     for c in claims:
         group = SUBSET_ARMS if c.claim.startswith(("dos", "law")) else None
-        runs = [r for r in records if (r["arm"] in group if group else r["arm"].startswith("R="))]
+        runs = [r for r in records if r["arm"] in (group or CMR_ARMS)]
         rows.append(
             {
                 "claim": c.claim,

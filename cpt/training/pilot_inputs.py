@@ -107,6 +107,7 @@ def _default_sizes() -> dict[str, int]:
 
 @dataclass(frozen=True)
 class RegimeRunSettings(PilotSettings):
+    evals: int = 1  # the law takes each run's final loss; T = 0 is the base model's, the same for every run
     size_tokens: Mapping[str, int] = field(default_factory=_default_sizes)  # D per size partition (quick-start scale)
 
 

@@ -192,8 +192,12 @@ def continue_pretraining(
     pad_id: int,
     on_eval: EvalCallback | None = None,
     device: torch.device | None = None,
+    initial: EvalPoint | None = None,
 ) -> TrainResult:
-    """Continue training ``model`` (in place) for ``config.token_budget`` tokens; returns the evaluation curve."""
+    """Continue training ``model`` (in place) for ``config.token_budget`` tokens; returns the evaluation curve.
+
+    ``initial``: the T = 0 evaluation of this very model on these held-out sets, when already known (it depends on
+    nothing else): it is used instead of evaluating again."""
     for held_out in (domain_eval, general_eval):
         _check_disjoint([*domain_train, *general_train], held_out)
     device = device or default_device()
@@ -234,7 +238,12 @@ def continue_pretraining(
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
-        evaluate()  # T = 0: the base model
+        if initial is None:
+            evaluate()  # T = 0: the base model
+        else:
+            curve.append(initial)
+            if on_eval:
+                on_eval(initial)
         model.train()
         next_eval = config.eval_every_tokens
         while state["tokens"] < config.token_budget:

@@ -17,6 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from assets.dataset import CHECKS, export_version, exports_root
+from assets.followups import FOLLOWUP_REGIMES_TABLE, followup_partitions
+from assets.law_publishing import FITS_TABLE
+from assets.pilots import DOMAIN_SELECTION, FOLLOWUP_RUNS_TABLE
+from assets.validation import CLAIMS, CONFIRMATIONS_TABLE
 from cpt.dataset.exports import MANIFEST, TMP_PREFIX, manifest_problems
 from cpt.dataset.plan import tokens_prefix
 from cpt.delta_store import CommitInfo
@@ -26,8 +30,9 @@ from cpt.scoring.windows import WindowPolicy
 from cpt.training.pilot_data import rebuild_chunks
 from spark_jobs.dataset import DATASET_TABLE, SELECTION_TABLE, write_dataset
 from spark_jobs.scoring import DOCUMENTS_TABLE, SCORES_TABLE
-from tests.assets.fits_rows import write_cmr_fit
-from tests.assets.test_pilot_assets import WINDOW, graph  # noqa: F401 (the graph fixture: corpus → selection)
+from tests.assets.fits_rows import write_cmr_fit, write_fit
+from tests.assets.test_pilot_assets import PILOT as PILOT_CONFIG
+from tests.assets.test_pilot_assets import WINDOW, graph, run  # noqa: F401 (the graph fixture: corpus → selection)
 
 pytestmark = pytest.mark.spark
 
@@ -215,3 +220,94 @@ def test_a_build_that_fails_after_its_commit_is_undone(graph, monkeypatch):  # n
     assert restored["chunk_id"] == rows["chunk_id"]
     record = store.commit_metadata(DATASET_TABLE, good + 2)["cptdata.build"]
     assert record == store.commit_metadata(DATASET_TABLE, good)["cptdata.build"]  # exports as the good one did
+
+
+def test_confirmations_judge_each_claim_on_paired_seeds_and_never_fail_the_build(graph):  # noqa: F811
+    defs, instance, store, _ = graph
+    # A law that predicts a loss of 100 nats (E = 100): its claim must come out "not confirmed", reported, not fatal.
+    law = {"E": 100.0, "D_c": 1e-9, "alpha0": 0.0, "alpha1": 0.0, "beta0": 0.0, "beta1": 0.0, "alpha_D": 0.0}
+    current = store.read(FITS_TABLE, filters=[("law", "=", "ppl_law")]).sort_by([("fitted_at", "descending")])
+    answer = json.loads(current["answer"][0].as_py())
+    write_fit(
+        store,
+        "ppl_law",
+        answer=answer,
+        result={"fit": {"params": law, "heldout_rmse": 0.05}},
+        inputs=json.loads(current["input_versions"][0].as_py()),
+        config={"ppl_space": "raw", "sigma_kind": "std"},
+    )
+    run(defs, "select_domain_data", instance, asset_selection=[DOMAIN_SELECTION])  # the selection follows the fit
+    write_cmr_fit(store, 3200, CMR, store.version(SELECTION_TABLE))  # CMR + 0.15 still fits in the 1,600 selected
+    assert build(defs, instance).success
+    config = PILOT_CONFIG | {"seeds": [1, 2], "subset_tokens": 900}
+    job = defs.resolve_job_def("confirm_claims")
+    result = job.execute_in_process(
+        instance=instance, raise_on_error=False, run_config={"ops": {"validation__confirmations": {"config": config}}}
+    )
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+
+    rows = {r["claim"]: r for r in store.read(CONFIRMATIONS_TABLE).to_pylist()}
+    assert sorted(rows) == sorted(CLAIMS)
+    assert rows["law_predicts_dos_loss"]["verdict"] == "not confirmed"
+    assert rows["law_predicts_dos_loss"]["interval_high"] < -0.05  # observed ≈ 5 nats, far below 100 − its error
+    for claim in rows.values():
+        assert claim["verdict"] in ("confirmed", "not confirmed", "inconclusive") and claim["n_seeds"] == 2
+        assert claim["interval_low"] <= claim["estimate"] <= claim["interval_high"]
+    runs = json.loads(rows["dos_beats_random"]["runs"])
+    assert sorted((r["arm"], r["seed"]) for r in runs) == [
+        (a, s) for a in ("dos", "lowest-ppl", "random") for s in (1, 2)
+    ]
+    assert all(r["tokens"] >= 900 and r["domain_loss"] < r["domain_loss_T0"] for r in runs)  # trained, and learned
+    dos = [r["domain_loss"] for r in runs if r["arm"] == "dos"]
+    assert rows["law_predicts_dos_loss"]["estimate"] == pytest.approx(sum(dos) / 2 - 100.0, abs=1e-6)
+    ratios = sorted({r["ratio"] for r in json.loads(rows["cmr_is_critical"]["runs"])})
+    assert ratios == pytest.approx([CMR, CMR + 0.15])
+
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert set(checks) == set(CLAIMS)
+    for name, check in checks.items():
+        assert check.passed == (rows[name]["verdict"] == "confirmed")
+    assert checks["law_predicts_dos_loss"].severity == dg.AssetCheckSeverity.ERROR
+    mat = result.get_asset_materialization_events()[0].event_specific_data.materialization
+    assert "law_predicts_dos_loss not confirmed" in mat.metadata["summary"].value
+    run_id = rows["dos_beats_random"]["mlflow_run_id"]
+    tags = defs.resources["mlflow"].client().get_run(run_id).data.tags
+    assert tags["verdict.law_predicts_dos_loss"] == "not confirmed"
+
+
+def test_a_followup_round_trains_on_its_dos_regimes(graph):  # noqa: F811
+    defs, instance, store, _ = graph
+    current = store.read(FITS_TABLE, filters=[("law", "=", "ppl_law")]).sort_by([("fitted_at", "descending")])
+    answer = json.loads(current["answer"][0].as_py())
+    mu, sigma = answer["mu"], answer["sigma"]
+    targets = [{"label": "opt", "mu": mu, "sigma": sigma}, {"label": "lo", "mu": 0.8 * mu, "sigma": sigma}]
+    answer["followup"] = {"needed": True, "rounds_done": 0, "reason": "synthetic: on the boundary", "targets": targets}
+    write_fit(
+        store,
+        "ppl_law",
+        answer=answer,
+        result={},
+        inputs=json.loads(current["input_versions"][0].as_py()),
+        config={"ppl_space": "raw", "sigma_kind": "std"},
+    )
+    plan = defs.resolve_job_def("plan_followups").execute_in_process(
+        instance=instance, run_config={"ops": {"pilots__followup_regimes": {"config": {"size_tokens": 900}}}}
+    )
+    mat = plan.get_asset_materialization_events()[0].event_specific_data.materialization
+    assert mat.metadata["new_regimes"].value == ["f1-opt", "f1-lo"]
+    assert {"f1-opt", "f1-lo"} <= set(instance.get_dynamic_partitions(followup_partitions.name))
+    regimes = {r["name"]: r for r in store.read(FOLLOWUP_REGIMES_TABLE).to_pylist()}
+    assert regimes["f1-lo"]["mu"] < regimes["f1-opt"]["mu"]  # DOS went where it was sent
+
+    trained = defs.resolve_job_def("followup_pilots").execute_in_process(
+        instance=instance,
+        partition_key="f1-lo",
+        run_config={"ops": {"pilots__followup_runs": {"config": PILOT_CONFIG}}},
+        raise_on_error=False,
+    )
+    assert trained.success, [e.message for e in trained.all_events if e.is_failure]
+    rows = store.read(FOLLOWUP_RUNS_TABLE).sort_by("tokens").to_pylist()
+    assert {r["partition"] for r in rows} == {"f1-lo"} and rows[-1]["is_final"] and rows[0]["tokens"] == 0
+    assert rows[-1]["size_tokens"] == 900 and rows[-1]["tokens"] >= 900
+    assert rows[-1]["domain_loss"] < rows[0]["domain_loss"]
+    assert rows[-1]["mu"] == pytest.approx(regimes["f1-lo"]["mu"], rel=0.25)  # a 900-token prefix of the DOS order

@@ -4,7 +4,15 @@ import math
 
 import pytest
 
-from cpt.validation.claims import CONFIRMED, INCONCLUSIVE, NOT_CONFIRMED, cmr_rise, dos_beats, law_predicts, mean_interval
+from cpt.validation.claims import (
+    CONFIRMED,
+    INCONCLUSIVE,
+    NOT_CONFIRMED,
+    cmr_rise,
+    dos_beats,
+    law_predicts,
+    mean_interval,
+)
 
 
 def test_mean_interval_matches_the_t_formula():
