@@ -43,7 +43,7 @@ class TrainConfig:
     weight_decay: float = 0.1
     max_grad_norm: float = 1.0
     eval_every_tokens: int = 16_384  # also evaluated at T = 0 and at the end
-    eval_batch_tokens: int = 8192
+    eval_batch_tokens: int = 4096  # the scorer's CPU default: faster than larger batches there (on a GPU, raise it)
     seed: int = 0
 
     def __post_init__(self) -> None:
