@@ -7,8 +7,10 @@ cptdata score [SOURCE ...]   score some (default: all) sources in one run
 cptdata landscape            histograms and regimes of the current scores
 cptdata pilots [regime|mixture]  every pilot partition, one run each (default: both kinds)
 cptdata laws                 fit both scaling laws on the pilot tables (MLflow runs, registered models)
+cptdata followups            fit the PPL law; while its answer asks for them, rounds of follow-up pilots and refits
 cptdata select               fit the PPL law, then select domain chunks toward its target landscape (DOS)
 cptdata dataset              build the CPT dataset at the CMR answer (checked, exported with a manifest)
+cptdata confirm              re-check the papers' claims on the current build (confirmation runs, several seeds)
 cptdata export [VERSION]     (re)write the exports of a dataset version (default: the latest), checked first
 cptdata audit [TABLE[@VERSION]] [--json] [--out DIR]
                              the lineage of a table version (default: the latest dataset): source files with
@@ -599,8 +601,22 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("laws", help="fit both scaling laws on the pilot tables")
     p_pilots = sub.add_parser("pilots", help="run every pilot partition")
     p_pilots.add_argument("kinds", nargs="*", metavar="regime|mixture", help="default: both")
+    sub.add_parser(
+        "followups",
+        help="fit the PPL law and run the follow-up rounds it asks for",
+        description="Fit laws/ppl_law; while its answer asks for follow-up pilots (optimum on the search region's "
+        "boundary, or a wide interval) and rounds remain, build DOS regimes at and around the optimum, train them and "
+        "refit. The answer says how many rounds it took and why they stopped.",
+    )
     sub.add_parser("select", help="fit the PPL law and select domain data toward its target (DOS)")
     sub.add_parser("dataset", help="build the CPT dataset at the CMR answer")
+    sub.add_parser(
+        "confirm",
+        help="re-check the papers' claims on the current build",
+        description="CPT on the DOS subset vs a random and the lowest-PPL subset of equal tokens, at the CMR vs at "
+        "CMR + 0.15, and the law's predicted loss vs the observed one; seeds 1-3 each; a verdict per claim "
+        "(confirmed / not confirmed / inconclusive) in validation/confirmations, MLflow and the asset's checks.",
+    )
     p_export = sub.add_parser("export", help="write the exports of a dataset version (checked first)")
     p_export.add_argument("version", nargs="?", type=int, help="dataset version (default: the latest)")
     p_export.add_argument("--shard-chunks", type=int, default=4096, help="chunks per shard (default 4096)")
@@ -741,8 +757,12 @@ def _run(args: argparse.Namespace, profile: Profile, instance: dg.DagsterInstanc
         laws(defs, instance)
     elif args.command == "pilots":
         pilots(defs, instance, args.kinds or ["regime", "mixture"])
+    elif args.command == "followups":
+        ppl_law_rounds(defs, instance)
     elif args.command == "select":
         select(defs, instance)
+    elif args.command == "confirm":
+        confirm(defs, instance)
     elif args.command == "dataset":
         dataset(defs, instance)
     elif args.command == "export":

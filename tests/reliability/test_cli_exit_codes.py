@@ -127,3 +127,68 @@ def test_dagster_step_events_show_with_verbose_only_and_stage_progress_always(cl
     assert "ingesting 'notes'" in quiet and "[cptdata]   corpus/documents:" in quiet  # progress and the result
     assert main(["-v", "ingest", "notes"]) == EXIT_OK
     assert "STEP_START" in "".join(capfd.readouterr())
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["demo", "--budget", "0"], "--budget must be a positive number of tokens, got 0"),
+        (["demo", "--followup-rounds", "-1"], "--followup-rounds must be 0 or more, got -1"),
+        (["demo", "--seeds", "0"], "--seeds must be at least 1, got 0"),
+    ],
+)
+def test_bad_demo_options_exit_2_with_one_line_before_any_work(cli_env, capsys, argv, expected):
+    assert main(argv) == EXIT_USAGE
+    assert one_line_error(capsys.readouterr().err) == f"cptdata: error: {expected}"
+    assert not cli_env["dagster"].exists() and not cli_env["home"].exists()
+
+
+def test_demo_options_become_the_run_config_of_the_assets_they_concern():
+    from assets.dataset import DEFAULT_BUDGET
+    from orchestration.cli import PILOT_OPS, _demo_config, _parser
+
+    args = _parser().parse_args(
+        [
+            "demo",
+            "--budget",
+            "200000",
+            "--domain-eval",
+            "a",
+            "--domain-eval",
+            "b",
+            "--followup-rounds",
+            "0",
+            "--seeds",
+            "2",
+        ]
+    )
+    config = _demo_config(args)
+    assert all(config[op]["domain_eval_sources"] == ["a", "b"] for op in PILOT_OPS)
+    assert all("general_eval_sources" not in config[op] for op in PILOT_OPS)  # not given: the default stays
+    assert config["laws__cmr"] == {"target_tokens": 200_000} == config["dataset__cpt_mixture"]
+    assert config["dataset__domain_selection"] == {"budget_tokens": max(DEFAULT_BUDGET, 200_000)}
+    assert config["laws__ppl_law"] == {"followup_rounds": 0}
+    assert config["validation__confirmations"]["seeds"] == [1, 2]
+    assert _demo_config(_parser().parse_args(["demo"])) == {}  # no option: every asset's defaults
+
+
+def test_the_results_block_says_what_is_missing_on_an_empty_store(tmp_path):
+    from orchestration.results import results_block, stage_table
+
+    store = DeltaStore(str(tmp_path / "delta"))
+    uis = {"dagster": "http://127.0.0.1:3000", "mlflow": "http://127.0.0.1:5000"}
+    lines = results_block(store, ["corpus/documents:reject_rate_below_threshold"], [], uis)
+    assert lines[0] == "RESULTS"
+    for expected in (
+        "corpus: nothing ingested",
+        "landscape: not built",
+        "target landscape: no PPL-law fit",
+        "CMR: no fit",
+        "dataset: not built",
+        "confirmations: not run",
+    ):
+        assert expected in lines, (expected, lines)
+    assert "gates that failed: corpus/documents:reject_rate_below_threshold" in lines
+    assert any("make ui" in line and "http://127.0.0.1:5000" in line for line in lines)
+    table = stage_table([("ingest", 4.0), ("score", 116.0)])
+    assert table[-1].split()[:2] == ["total", "120.0"] and "(2.0 min)" in table[-1]
