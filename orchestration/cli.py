@@ -389,6 +389,7 @@ def ppl_law_rounds(defs: dg.Definitions, instance: dg.DagsterInstance) -> bool:
     print("[cptdata] fit the PPL law ...", flush=True)
     if not _report(_execute(defs.resolve_job_def(fit_ppl_law_job.name), instance)):
         return False
+    planned: set[int] = set()
     while True:
         result = _execute(defs.resolve_job_def(plan_followups_job.name), instance)
         if not _report(result):
@@ -398,6 +399,10 @@ def ppl_law_rounds(defs: dg.Definitions, instance: dg.DagsterInstance) -> bool:
             print(f"[cptdata]   no follow-up round: {_metadata_value(result, 'reason')}", flush=True)
             return True
         round_ = _metadata_value(result, "round")
+        if round_ in planned:  # its runs landed but the refit did not count them (e.g. the landscape moved)
+            _err(f"follow-up round {round_} was planned again after its runs: stopping the rounds", level="warning")
+            return True
+        planned.add(round_)
         print(f"[cptdata] follow-up round {round_}: {_metadata_value(result, 'reason')}", flush=True)
         if not pilots(defs, instance, ["follow-up"], keys=list(new)):
             return False
