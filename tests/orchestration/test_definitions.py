@@ -35,6 +35,13 @@ GRAPH = {
         "deps": ["dataset/domain_selection", "landscape/regimes", "models/base_model", "scores/chunk_perplexity"],
     },
     "laws/ppl_law": {"group": "laws", "partitions": None, "deps": ["landscape/regimes", "pilots/regime_runs"]},
+    # PPL law → follow-up regimes → follow-up runs, which the next fit reads (undeclared: no cycles in the graph)
+    "pilots/followup_regimes": {"group": "pilots", "partitions": None, "deps": ["landscape/regimes", "laws/ppl_law"]},
+    "pilots/followup_runs": {
+        "group": "pilots",
+        "partitions": "followup_regimes",
+        "deps": ["landscape/regimes", "models/base_model", "pilots/followup_regimes", "scores/chunk_perplexity"],
+    },
     "laws/cmr": {"group": "laws", "partitions": None, "deps": ["pilots/mixture_runs"]},
     # regime pilots → PPL law → selection → mixture pilots → CMR → dataset
     "dataset/domain_selection": {"group": "dataset", "partitions": None, "deps": ["landscape/regimes", "laws/ppl_law"]},
@@ -42,6 +49,11 @@ GRAPH = {
         "group": "dataset",
         "partitions": None,
         "deps": ["dataset/domain_selection", "laws/cmr", "models/base_model"],
+    },
+    "validation/confirmations": {
+        "group": "validation",
+        "partitions": None,
+        "deps": ["dataset/cpt_mixture", "models/base_model"],
     },
     "audit/lineage_report": {"group": "audit", "partitions": None, "deps": ["dataset/cpt_mixture"]},
 }
@@ -62,6 +74,11 @@ CHECKS = {
     "dataset/cpt_mixture:no_duplicate_chunk",
     "dataset/cpt_mixture:landscape_reached",
     "dataset/cpt_mixture:manifest_matches_files",
+    "validation/confirmations:dos_beats_random",
+    "validation/confirmations:dos_beats_lowest_ppl",
+    "validation/confirmations:cmr_within_tolerance",
+    "validation/confirmations:cmr_is_critical",
+    "validation/confirmations:law_predicts_dos_loss",
 }
 
 
@@ -89,11 +106,13 @@ def test_asset_graph_snapshot(tmp_path):
     assert snapshot == GRAPH
     checks = {f"{k.asset_key.to_user_string()}:{k.name}" for k in graph.asset_check_keys}
     assert checks == CHECKS
-    # every check blocks, but the law's own quality: it governs the champion alias; the answer check blocks DOS
+    # every check blocks, but the law's own quality (it governs the champion alias; the answer check blocks DOS) and
+    # the confirmations (a claim that fails is reported, never fails the build)
     blocking = {
         f"{k.asset_key.to_user_string()}:{k.name}" for k in graph.asset_check_keys if graph.get_check_spec(k).blocking
     }
-    assert blocking == CHECKS - {"laws/ppl_law:ppl_law_fit_quality"}
+    confirmations = {c for c in CHECKS if c.startswith("validation/")}
+    assert blocking == CHECKS - {"laws/ppl_law:ppl_law_fit_quality"} - confirmations
     assert {j.name for j in defs.jobs} >= {"ingest_corpus", "base_model", "score_corpus", "landscape", "regime_pilots"}
     assert {s.name for s in defs.sensors} == {"corpus_landing_sensor"}
     assert {s.name for s in defs.schedules} == {"daily_corpus_build"}
