@@ -549,11 +549,6 @@ def demo(
         print(f"[cptdata] {line}", flush=True)
 
 
-def _say(line: str) -> bool:
-    print(line, flush=True)
-    return True
-
-
 def _check_known(names: list[str], known: list[str]) -> None:
     unknown = [n for n in dict.fromkeys(names) if n not in known]
     if unknown:
