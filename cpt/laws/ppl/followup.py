@@ -108,7 +108,7 @@ def _targets(optimum: PplOptimum, rules: FollowupRules) -> tuple[FollowupTarget,
     """The optimum and one point either side of it along the axis whose interval is wider relative to its value."""
     mu_w = _relative_width(optimum.mu_ci, optimum.mu)
     sigma_w = _relative_width(optimum.sigma_ci, optimum.sigma)
-    along_mu = not (sigma_w > mu_w) if math.isfinite(mu_w) or math.isfinite(sigma_w) else True
+    along_mu = (mu_w if math.isfinite(mu_w) else -1.0) >= (sigma_w if math.isfinite(sigma_w) else -1.0)
     value, interval = (optimum.mu, optimum.mu_ci) if along_mu else (optimum.sigma, optimum.sigma_ci)
     half = (interval[1] - interval[0]) / 2 if interval is not None and all(map(math.isfinite, interval)) else 0.0
     step = max(half, rules.min_step * abs(value))
