@@ -46,8 +46,8 @@ PILOT_POINTS_SCHEMA = pa.schema(
     ]
 )
 
-# ``pilots/followup_regimes``: one row per follow-up regime (DOS toward a point at or around the law's optimum);
-# partitioned by ``name`` (also the pilots/followup_runs partition that trains on it).
+# ``pilots/followup_regimes``: one row per follow-up regime (DOS toward a point at or around the law's optimum); its
+# ``name`` is the pilots/followup_runs partition that trains on it; a round's rows are replaced together.
 FOLLOWUP_REGIMES_SCHEMA = pa.schema(
     [
         pa.field("name", pa.string()),  # f<round>-<label>
