@@ -181,7 +181,7 @@ def ppl_report(
     gate = ppl_law_gate(fit, comparison, float(np.mean(obs.loss)), settings.gate())
     answer_gate = landscape_answer_gate(answer, gate)
     points = list(zip(obs.group_ids, obs.mu.tolist(), obs.sigma.tolist(), strict=True))
-    followup = decide_followup(optimum, points, settings.followup_rules())
+    followup = decide_followup(optimum, answer.basis, points, settings.followup_rules())
     return PplReport(settings, obs, fit, size_fit, comparison, region, optimum, answer, gate, answer_gate, followup)
 
 

@@ -21,12 +21,12 @@ def test_names_carry_their_round():
 
 
 def test_an_interior_narrow_optimum_needs_no_round():
-    decision = decide_followup(_optimum(), GRID, FollowupRules())
+    decision = decide_followup(_optimum(), "law optimum", GRID, FollowupRules())
     assert not decision.needed and "narrow" in decision.reason and decision.rounds_done == 0
 
 
 def test_a_boundary_optimum_asks_for_the_optimum_and_either_side_of_it():
-    decision = decide_followup(_optimum(sides=("sigma_max (pilot hull)",)), GRID, FollowupRules())
+    decision = decide_followup(_optimum(sides=("sigma_max (pilot hull)",)), "law optimum", GRID, FollowupRules())
     assert decision.needed and "boundary" in decision.reason
     targets = {t.label: t for t in decision.targets}
     assert set(targets) == {"opt", "lo", "hi"}
@@ -37,7 +37,7 @@ def test_a_boundary_optimum_asks_for_the_optimum_and_either_side_of_it():
 
 
 def test_a_wide_interval_asks_for_a_round_along_its_axis():
-    decision = decide_followup(_optimum(sigma_ci=(4.0, 12.0)), GRID, FollowupRules())
+    decision = decide_followup(_optimum(sigma_ci=(4.0, 12.0)), "law optimum", GRID, FollowupRules())
     assert decision.needed and "wide" in decision.reason and "σ ±50%" in decision.reason
     targets = {t.label: t for t in decision.targets}
     assert targets["lo"].sigma == pytest.approx(4.0) and targets["hi"].sigma == pytest.approx(12.0)
@@ -46,17 +46,22 @@ def test_a_wide_interval_asks_for_a_round_along_its_axis():
 
 def test_rounds_stop_at_the_limit_and_say_what_is_still_unsettled():
     points = [*GRID, ("f1-lo", 15.0, 8.0), ("f2-hi", 30.0, 8.0)]
-    decision = decide_followup(_optimum(sides=("mu_max (reachable)",)), points, FollowupRules(2))
+    decision = decide_followup(_optimum(sides=("mu_max (reachable)",)), "law optimum", points, FollowupRules(2))
     assert not decision.needed and decision.rounds_done == 2
     assert "round limit (2)" in decision.reason and "mu_max (reachable)" in decision.reason
 
 
 def test_rounds_stop_when_a_followup_already_sits_at_the_optimum():
     points = [*GRID, ("f1-opt", 20.1, 8.05)]
-    decision = decide_followup(_optimum(sides=("mu_max (reachable)",)), points, FollowupRules(5))
+    decision = decide_followup(_optimum(sides=("mu_max (reachable)",)), "law optimum", points, FollowupRules(5))
     assert not decision.needed and "already sits at the optimum" in decision.reason and "f1-opt" in decision.reason
 
 
+def test_no_round_without_a_landscape_effect():
+    decision = decide_followup(_optimum(sides=("mu_min (pilot hull)",)), "size law", GRID, FollowupRules())
+    assert not decision.needed and "size law" in decision.reason
+
+
 def test_zero_rounds_configured_means_none():
-    decision = decide_followup(_optimum(sides=("mu_min (pilot hull)",)), GRID, FollowupRules(0))
+    decision = decide_followup(_optimum(sides=("mu_min (pilot hull)",)), "law optimum", GRID, FollowupRules(0))
     assert not decision.needed and "round limit (0)" in decision.reason

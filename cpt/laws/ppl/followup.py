@@ -3,10 +3,9 @@
 The law is trusted near the pilots, so an optimum on the edge of the search region (the pilots' hull or what the
 pool can reach) or with a wide bootstrap interval is a guess about landscapes nobody trained on. A follow-up round
 trains pilots on subsets built by distance-to-optimum selection (DOS) toward the optimum and toward points either
-side of it along its least certain axis, and the law is refitted with them. This holds whatever the answer's basis:
-when the law does not (yet) beat the size-only law, regimes where its optimum lies are the pilots most likely to
-show a landscape effect the grid missed — or to confirm there is none. Rounds stop when
+side of it along its least certain axis, and the law is refitted with them. Rounds stop when
 
+- the landscape has no measurable effect (basis ``size law``): pilots around an optimum cannot change that;
 - the optimum is inside the region and its interval narrow: nothing left to settle;
 - the last round's pilots already sit at the optimum: another round at the same place would not move it;
 - the configured number of rounds is reached (the answer says what was still unsettled).
@@ -132,11 +131,14 @@ def _at_optimum(points: Sequence[tuple[str, float, float]], optimum: PplOptimum,
 
 
 def decide_followup(
-    optimum: PplOptimum, points: Sequence[tuple[str, float, float]], rules: FollowupRules
+    optimum: PplOptimum, basis: str, points: Sequence[tuple[str, float, float]], rules: FollowupRules
 ) -> FollowupDecision:
     """Whether another round of follow-up pilots should run. ``points``: (regime, μ, σ) of every pilot the fit used,
     in the fit's terms."""
     done = rounds_done([p[0] for p in points])
+    if basis == "size law":
+        reason = "the landscape has no measurable effect (basis size law): pilots around an optimum cannot change that"
+        return FollowupDecision(done, False, reason)
     unsettled = _unsettled(optimum, rules)
     if not unsettled:
         return FollowupDecision(done, False, "the optimum is inside the search region and its interval is narrow")
