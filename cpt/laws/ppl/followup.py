@@ -3,7 +3,7 @@
 The law is trusted near the pilots, so an optimum on the edge of the search region (the pilots' hull or what the
 pool can reach) or with a wide bootstrap interval is a guess about landscapes nobody trained on. A follow-up round
 trains pilots on subsets built by distance-to-optimum selection (DOS) toward the optimum and toward points either
-side of it along its least certain axis, and the law is refitted with them. Rounds stop when
+side of it along its least certain axis (5–25 % of its value away), and the law is refitted with them. Rounds stop when
 
 - the landscape has no measurable effect (basis ``size law``): pilots around an optimum cannot change that;
 - the optimum is inside the region and its interval narrow: nothing left to settle;
@@ -45,12 +45,15 @@ def rounds_done(regimes: Sequence[str]) -> int:
 class FollowupRules:
     max_rounds: int = 2
     max_relative_width: float = 0.25  # the optimum's μ or σ interval wider than this share of its value: "wide"
-    min_step: float = 0.05  # the points around the optimum lie at least this share of its value away
+    min_step: float = 0.05  # the points around the optimum lie at least this share of its value away …
+    max_step: float = 0.25  # … and at most this share (a huge interval must not send DOS to degenerate subsets)
     same_place: float = 0.02  # a pilot within this share of the optimum in both μ and σ sits "at" it
 
     def __post_init__(self) -> None:
-        if self.max_rounds < 0 or not (self.max_relative_width > 0 and self.min_step > 0 and self.same_place > 0):
-            raise ValueError("max_rounds ≥ 0 and positive widths, step and same-place share are required")
+        if self.max_rounds < 0 or not (self.max_relative_width > 0 and 0 < self.min_step <= self.max_step < 1):
+            raise ValueError("max_rounds ≥ 0, a positive width and 0 < min_step ≤ max_step < 1 are required")
+        if self.same_place <= 0:
+            raise ValueError("same_place must be positive")
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,7 @@ def _targets(optimum: PplOptimum, rules: FollowupRules) -> tuple[FollowupTarget,
     along_mu = (mu_w if math.isfinite(mu_w) else -1.0) >= (sigma_w if math.isfinite(sigma_w) else -1.0)
     value, interval = (optimum.mu, optimum.mu_ci) if along_mu else (optimum.sigma, optimum.sigma_ci)
     half = (interval[1] - interval[0]) / 2 if interval is not None and all(map(math.isfinite, interval)) else 0.0
-    step = max(half, rules.min_step * abs(value))
+    step = min(max(half, rules.min_step * abs(value)), rules.max_step * abs(value))
     out = [FollowupTarget("opt", optimum.mu, optimum.sigma)]
     for label, sign in (("lo", -1.0), ("hi", 1.0)):
         moved = max(value + sign * step, 1e-9 * abs(value) or 1e-9)
