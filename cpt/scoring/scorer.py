@@ -85,8 +85,9 @@ BLOCKWISE_HEAD_MODELS = frozenset(
     {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "GPT2LMHeadModel"}
 )
 # (positions, vocabulary entries) per tile. On CPU a 512 × 1024 float32 tile (2 MiB) stays in L2 while it is
-# reduced: against 512 × 4096 it scores 50 % more positions/s through the quick-start model's head (128 × 4,096) and
-# 10 % more through SmolLM2's (576 × 49,152) on 2 cores. A GPU wants large tiles and few kernel launches.
+# reduced: against 512 × 4096 it scores 1.06–1.52× the positions/s through the quick-start model's head (128 × 4,096)
+# and 1.05–1.09× through SmolLM2's (576 × 49,152) on 2 cores (benchmarks/head_tile_bench.py). A GPU wants large
+# tiles and few kernel launches.
 HEAD_TILE = {"cpu": (512, 1024), "cuda": (16384, 1 << 30)}
 # Padded tokens per forward pass by device. Measured (benchmarks/gpu_bench.py, SmolLM2-135M shape, L = 256, H200):
 # 131k tokens/s at 4096, 452k at 65536; the CPU is no faster beyond 4096 and wants the working set in cache.
