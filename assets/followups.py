@@ -29,7 +29,7 @@ from assets.pilots import (
     TRAINING_POOL,
     PilotInputs,
     RegimeRunConfig,
-    _as_failure,
+    as_failure,
     run_pilot,
 )
 from assets.resources import DeltaStoreResource, MlflowResource
@@ -180,7 +180,7 @@ def followup_runs(
     if len(found) != 1:
         raise dg.Failure(f"{FOLLOWUP_REGIMES_TABLE} v{version} has no regime {name!r}: materialize it first")
     regime = found[0]
-    with _as_failure():
+    with as_failure():
         settings = config.settings()
         inputs = PilotInputs.load(store, ModelManifest.from_json(base_model), settings)
         if regime["scores_version"] != inputs.versions[SCORES_TABLE]:

@@ -141,7 +141,7 @@ class MixtureConfig(PilotConfig):
 
 
 @contextlib.contextmanager
-def _as_failure():
+def as_failure():
     """A rule of the inputs that does not hold (a ValueError from cpt) fails the asset with the same message."""
     try:
         yield
@@ -171,7 +171,7 @@ def regime_runs(
 ) -> dg.MaterializeResult:
     keys = context.partition_key.keys_by_dimension
     store = delta.store()
-    with _as_failure():
+    with as_failure():
         settings, budget = config.settings(), size_budget(config.size_tokens, keys["size"])
         inputs = PilotInputs.load(store, ModelManifest.from_json(base_model), settings)
         draw = draw_chunks(inputs.scores, inputs.regime_chunk_ids(keys["regime"]), budget, settings.seed)
@@ -215,7 +215,7 @@ def mixture_runs(
 ) -> dg.MaterializeResult:
     ratio, t_max = float(Fraction(context.partition_key)), config.t_max_tokens
     store = delta.store()
-    with _as_failure():
+    with as_failure():
         settings = config.settings()
         inputs = PilotInputs.load(store, ModelManifest.from_json(base_model), settings)
         selection_version, order = inputs.selection_order()
@@ -315,7 +315,7 @@ class PilotInputs:
             filters=[("doc_id", "in", sorted(set(doc_of.values())))],
         )
         text_of = dict(zip(docs["doc_id"].to_pylist(), docs["text"].to_pylist(), strict=True))
-        with _as_failure():
+        with as_failure():
             chunks = rebuild_chunks(tokenizer, wanted, doc_of, text_of, self.settings.policy(), self.manifest.revision)
         sets, start = [], 0
         for ids in id_lists:

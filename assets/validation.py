@@ -27,7 +27,7 @@ from assets.law_publishing import FITS_TABLE, CurrentFit, current_fit
 from assets.laws import domain_pool
 from assets.lineage import commit_info, delta_metadata, governance, require_version
 from assets.models import BASE_MODEL
-from assets.pilots import TRAINING_POOL, PilotConfig, PilotInputs, _as_failure, train_pilot
+from assets.pilots import TRAINING_POOL, PilotConfig, PilotInputs, as_failure, train_pilot
 from assets.resources import DeltaStoreResource, MlflowResource
 from assets.tracking import finish, lineage_tags, log_metrics, start_run
 from cpt.laws.cmr.critical import general_loss_limit
@@ -130,7 +130,7 @@ def confirmations(
     store = delta.store()
     ppl_fit, cmr_fit = current_fit(store, "ppl_law"), current_fit(store, "cmr")
     manifest = ModelManifest.from_json(base_model)
-    with _as_failure():
+    with as_failure():
         settings = config.settings()  # its seed draws the held-out sets: the pilots' (0) by default
         inputs = PilotInputs.load(store, manifest, settings)
         selection_version, order = inputs.selection_order()
@@ -297,7 +297,7 @@ def _cmr_claims(runner: _Runner, inputs, order, fit: CurrentFit, config: Confirm
             continue
         rises = []
         for seed in config.seeds:
-            with _as_failure():
+            with as_failure():
                 draws = mixture_draws(inputs.scores, r, tokens, seed, domain_order=order)
             record = runner.train(
                 arm,
