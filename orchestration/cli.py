@@ -326,9 +326,14 @@ def ingest(defs: dg.Definitions, instance: dg.DagsterInstance, names: list[str])
     return ok
 
 
+def _run_job(defs: dg.Definitions, instance: dg.DagsterInstance, job, label: str) -> bool:
+    """One run of a (non-partitioned) job, announced by ``label``; False when the run failed."""
+    print(f"[cptdata] {label} ...", flush=True)
+    return _report(_execute(defs.resolve_job_def(job.name), instance))
+
+
 def base_model(defs: dg.Definitions, instance: dg.DagsterInstance) -> bool:
-    print("[cptdata] base model ...", flush=True)
-    return _report(_execute(defs.resolve_job_def(base_model_job.name), instance))
+    return _run_job(defs, instance, base_model_job, "base model")
 
 
 def score(defs: dg.Definitions, instance: dg.DagsterInstance, names: list[str]) -> bool:
@@ -345,8 +350,7 @@ def score(defs: dg.Definitions, instance: dg.DagsterInstance, names: list[str]) 
 
 
 def landscape(defs: dg.Definitions, instance: dg.DagsterInstance) -> bool:
-    print("[cptdata] landscape ...", flush=True)
-    return _report(_execute(defs.resolve_job_def(landscape_job.name), instance))
+    return _run_job(defs, instance, landscape_job, "landscape")
 
 
 def pilots(defs: dg.Definitions, instance: dg.DagsterInstance, kinds: list[str], keys: list[str] | None = None) -> bool:
@@ -386,8 +390,7 @@ def _metadata_value(result, key: str):
 def ppl_law_rounds(defs: dg.Definitions, instance: dg.DagsterInstance) -> bool:
     """Fit the PPL law; while its answer asks for follow-up pilots, plan a round, run it and refit (each round is
     recorded in pilots/followup_regimes, and the final answer says how many rounds it took and why they stopped)."""
-    print("[cptdata] fit the PPL law ...", flush=True)
-    if not _report(_execute(defs.resolve_job_def(fit_ppl_law_job.name), instance)):
+    if not _run_job(defs, instance, fit_ppl_law_job, "fit the PPL law"):
         return False
     planned: set[int] = set()
     while True:
@@ -406,39 +409,32 @@ def ppl_law_rounds(defs: dg.Definitions, instance: dg.DagsterInstance) -> bool:
         print(f"[cptdata] follow-up round {round_}: {_metadata_value(result, 'reason')}", flush=True)
         if not pilots(defs, instance, ["follow-up"], keys=list(new)):
             return False
-        print(f"[cptdata] refit the PPL law with round {round_} ...", flush=True)
-        if not _report(_execute(defs.resolve_job_def(fit_ppl_law_job.name), instance)):
+        if not _run_job(defs, instance, fit_ppl_law_job, f"refit the PPL law with round {round_}"):
             return False
 
 
 def domain_selection(defs: dg.Definitions, instance: dg.DagsterInstance) -> bool:
-    print("[cptdata] select domain data (DOS) toward the target landscape ...", flush=True)
-    return _report(_execute(defs.resolve_job_def(domain_selection_job.name), instance))
+    return _run_job(defs, instance, domain_selection_job, "select domain data (DOS) toward the target landscape")
 
 
 def confirm(defs: dg.Definitions, instance: dg.DagsterInstance) -> bool:
-    print("[cptdata] confirmation runs (the papers' claims on this build) ...", flush=True)
-    return _report(_execute(defs.resolve_job_def(confirm_claims_job.name), instance))
+    return _run_job(defs, instance, confirm_claims_job, "confirmation runs (the papers' claims on this build)")
 
 
 def laws(defs: dg.Definitions, instance: dg.DagsterInstance) -> bool:
-    print("[cptdata] fit laws ...", flush=True)
-    return _report(_execute(defs.resolve_job_def(fit_laws_job.name), instance))
+    return _run_job(defs, instance, fit_laws_job, "fit laws")
 
 
 def select(defs: dg.Definitions, instance: dg.DagsterInstance) -> bool:
-    print("[cptdata] fit the PPL law and select domain data (DOS) ...", flush=True)
-    return _report(_execute(defs.resolve_job_def(select_domain_data_job.name), instance))
+    return _run_job(defs, instance, select_domain_data_job, "fit the PPL law and select domain data (DOS)")
 
 
 def fit_cmr(defs: dg.Definitions, instance: dg.DagsterInstance) -> bool:
-    print("[cptdata] fit the CMR ...", flush=True)
-    return _report(_execute(defs.resolve_job_def(fit_cmr_job.name), instance))
+    return _run_job(defs, instance, fit_cmr_job, "fit the CMR")
 
 
 def dataset(defs: dg.Definitions, instance: dg.DagsterInstance) -> bool:
-    print("[cptdata] build the dataset ...", flush=True)
-    return _report(_execute(defs.resolve_job_def(build_dataset_job.name), instance))
+    return _run_job(defs, instance, build_dataset_job, "build the dataset")
 
 
 def export(profile: Profile, version: int | None, shard_chunks: int) -> bool:
