@@ -51,6 +51,7 @@ bench: install
 	$(BIN)/python -m benchmarks.ingest_bench
 	$(BIN)/python -m benchmarks.scoring_bench
 	$(BIN)/python -m benchmarks.head_tile_bench
+	$(BIN)/python -m benchmarks.cpu_speed_bench
 	$(BIN)/python -m benchmarks.law_bench
 	$(BIN)/python -m benchmarks.dos_bench
 	$(BIN)/python -m benchmarks.lineage_bench

@@ -118,6 +118,11 @@ class PilotConfig(dg.Config):
     )
     min_tokens: int = Field(_PILOT.min_tokens, description="the scoring window policy's min_tokens")
     add_bos: bool = Field(_PILOT.add_bos, description="the scoring window policy's add_bos")
+    precision: str = Field(
+        _PILOT.precision,
+        description="matrix products: auto (bfloat16 under autocast where the hardware runs it natively: a GPU, a "
+        "CPU with AMX; else float32), float32 or bfloat16; evaluation uses the same, so T = 0 is the scorer's loss",
+    )
 
     def settings(self) -> PilotSettings:
         """The run config as the cpt settings (the fields they share; size and T_max stay with the asset)."""

@@ -122,10 +122,11 @@ def bench(name: str, folder: Path, n_chunks: int, spark) -> None:
     rate = {k: tokens / t for k, t in (("a", t_a), ("b", t_b), ("c", seconds["c"]), ("w", seconds["c_warm"]))}
     print(
         f"\n{name}: {manifest.n_params / 1e6:.1f} M parameters, {len(chunks)} chunks, {tokens:,} tokens, L = "
-        f"{POLICY.length}, torch threads {torch.get_num_threads()}"
+        f"{POLICY.length}, torch threads {torch.get_num_threads()}; (b) and (c) compute their products in "
+        f"{scorer.precision} (precision auto: bfloat16 on a CPU with AMX), against a float32 ceiling"
     )
     print(
-        f"  FLOP-bound ceiling                      {ceiling:10.0f} tokens/s   (sustained matmul "
+        f"  float32 FLOP-bound ceiling              {ceiling:10.0f} tokens/s   (sustained matmul "
         f"{min(flops) / 1e9:.0f}–{max(flops) / 1e9:.0f} GFLOP/s over the run; the highest is used)"
     )
     labels = {

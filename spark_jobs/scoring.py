@@ -62,6 +62,7 @@ class ScoringJobSpec:
     policy: WindowPolicy = field(default_factory=WindowPolicy)
     sources: tuple[str, ...] = ()  # empty: every source
     max_batch_tokens: int | None = None  # None: the scorer's default for the device
+    precision: str = "auto"  # matrix products (cpt.scoring.scorer.PRECISIONS), resolved on each worker's hardware
     num_partitions: int | None = None  # default: 8 × the session parallelism
     torch_threads: int | None = None  # per task; default: cores / parallelism
     ship_model: bool = False  # send the model folder as an archive (addArchive) instead of assuming a shared path
@@ -146,6 +147,7 @@ def run_scoring_job(
         policy=spec.policy,
         run_id=spec.run_id,
         max_batch_tokens=spec.max_batch_tokens,
+        precision=spec.precision,
         shipped=spec.ship_model,
         torch_threads=spec.torch_threads or max(1, (os.cpu_count() or 1) // parallelism),
         progress=None if is_connect(spark) else spark.sparkContext.accumulator(0),

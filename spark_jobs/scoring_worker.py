@@ -21,7 +21,8 @@ import pyarrow as pa
 from cpt.scoring.schema import SCORES_SCHEMA
 from cpt.scoring.windows import WindowPolicy, chunk_documents
 
-_SCORERS: dict[tuple[str, str, str], tuple[object, object]] = {}  # (path, revision, device) → (scorer, tokenizer)
+# (path, revision, device, precision) → (scorer, tokenizer)
+_SCORERS: dict[tuple[str, str, str, str], tuple[object, object]] = {}
 TEST_TASK_SLEEP_ENV = "CPTDATA_TEST_SCORING_TASK_SLEEP"
 
 
@@ -53,6 +54,7 @@ class ScoreDocuments:
     policy: WindowPolicy
     run_id: str
     max_batch_tokens: int | None = None  # None: the scorer's default for the device
+    precision: str = "auto"
     shipped: bool = False
     torch_threads: int | None = None
     progress: Any = None  # a Spark accumulator of tokens scored (the driver's progress line), or None
@@ -106,12 +108,16 @@ class ScoreDocuments:
 
             path = SparkFiles.get(self.model_path)
         device = _task_device()
-        key = (path, self.model_revision, device)
+        key = (path, self.model_revision, device, self.precision)
         if key not in _SCORERS:
             model, tokenizer = load_model(path)
             pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
             scorer = ChunkScorer(
-                model, pad_id=pad_id, max_batch_tokens=self.max_batch_tokens, device=torch.device(device)
+                model,
+                pad_id=pad_id,
+                max_batch_tokens=self.max_batch_tokens,
+                device=torch.device(device),
+                precision=self.precision,
             )
             _SCORERS[key] = (scorer, tokenizer)
         return _SCORERS[key]

@@ -74,6 +74,7 @@ class PilotSettings:
     window_length: int = 256  # must equal the scoring window policy the chunks were scored with
     min_tokens: int = 32
     add_bos: bool = True
+    precision: str = "auto"  # of the products: see cpt.scoring.scorer.PRECISIONS
 
     def __post_init__(self) -> None:
         if self.evals < 1 or self.eval_tokens < 1:
@@ -96,6 +97,7 @@ class PilotSettings:
             warmup_steps=self.warmup_steps,
             weight_decay=self.weight_decay,
             eval_every_tokens=max(1, budget // self.evals),
+            precision=self.precision,
             seed=self.seed,
         )
 

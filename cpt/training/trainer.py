@@ -7,8 +7,9 @@ Reads like a small training script; every choice sits in :class:`TrainConfig` an
 2. AdamW; linear warmup then a constant learning rate (the CMR paper's schedule) or cosine decay; gradient
    accumulation; gradient clipping;
 3. domain and general loss on fixed held-out chunks at ``T = 0`` and every ``eval_every_tokens`` trained tokens, and at
-   the end, computed as the scorer computes chunk NLL (on CPU the ``T = 0`` point is exactly the scorer's loss of the
-   base model; on GPU the weights stay float32 under bfloat16 autocast, so it agrees to bfloat16 rounding), and
+   the end, computed as the scorer computes chunk NLL (in float32 the ``T = 0`` point is exactly the scorer's loss of
+   the base model; where products run in bfloat16 (a GPU, a CPU with AMX) the weights stay float32 under autocast, so
+   it agrees to bfloat16 rounding), and
    each held-out chunk's own loss (mean NLL per predicted token), from the same per-chunk sums in one pass;
 4. metrics leave through a callback; the result is a frozen :class:`TrainResult` holding the curve.
 
@@ -17,7 +18,6 @@ Training and evaluation sets are disjoint by chunk id; an overlap is a bug upstr
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cpt.scoring.scorer import batch_nll, default_device, pad_batch, plan_batches
+from cpt.scoring.scorer import autocast_bf16, batch_nll, default_device, pad_batch, plan_batches, uses_bf16
 from cpt.scoring.windows import Chunk
 
 
@@ -44,6 +44,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     eval_every_tokens: int = 16_384  # also evaluated at T = 0 and at the end
     eval_batch_tokens: int = 4096  # the scorer's CPU default: faster than larger batches there (on a GPU, raise it)
+    precision: str = "auto"  # products in bfloat16 where native (GPU, AMX CPU): see cpt.scoring.scorer.PRECISIONS
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -53,6 +54,7 @@ class TrainConfig:
             raise ValueError(f"mix_ratio must lie in [0, 1], got {self.mix_ratio}")
         if self.schedule not in ("constant", "cosine"):
             raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        uses_bf16(torch.device("cpu"), self.precision)  # raises on an unknown precision
         if self.micro_batch_size < 1 or self.grad_accum < 1 or self.eval_every_tokens < 1:
             raise ValueError("micro_batch_size, grad_accum and eval_every_tokens must be at least 1")
 
@@ -86,6 +88,7 @@ class TrainResult:
     tokens_per_second: float
     n_params: int
     device: str
+    precision: str = "float32"  # of the products: bfloat16 (autocast) or float32
 
     @property
     def initial(self) -> EvalPoint:
@@ -213,7 +216,7 @@ def continue_pretraining(
 
     def evaluate() -> None:
         model.eval()
-        with _autocast(device):
+        with _autocast(device, config.precision):
             dom = held_out_loss(model, domain_eval, pad_id, config.eval_batch_tokens)
             gen = held_out_loss(model, general_eval, pad_id, config.eval_batch_tokens)
         model.train()
@@ -255,7 +258,7 @@ def continue_pretraining(
                 chunks, flags = zip(*(next(stream) for _ in range(config.micro_batch_size)), strict=True)
                 ids, mask = pad_batch(chunks, pad_id)
                 labels = ids.masked_fill(mask == 0, -100)
-                with _autocast(device):
+                with _autocast(device, config.precision):
                     loss = model(
                         input_ids=ids.to(device),
                         attention_mask=mask.to(device),
@@ -288,9 +291,11 @@ def continue_pretraining(
         tokens_per_second=state["tokens"] / seconds if seconds > 0 else float("nan"),
         n_params=sum(p.numel() for p in model.parameters()),
         device=str(device),
+        precision="bfloat16" if uses_bf16(device, config.precision) else "float32",
     )
 
 
-def _autocast(device: torch.device):
-    """bfloat16 compute with float32 weights and reductions on GPU; plain float32 on CPU."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+def _autocast(device: torch.device, precision: str):
+    """bfloat16 products with float32 weights and reductions where the hardware runs them natively (a GPU, a CPU
+    with AMX) or when asked; else float32 (the scorer's rule, so the T = 0 point is the scorer's loss)."""
+    return autocast_bf16(device, precision)

@@ -74,15 +74,29 @@ def test_scorer_equals_a_hand_computed_nll(tiny_model):
     for t in range(1, len(chunk.input_ids)):
         row = logits[t - 1]
         by_hand += math.log(sum(math.exp(v) for v in row.tolist())) - row[chunk.input_ids[t]].item()
-    [score], stats = ChunkScorer(tiny_model, pad_id=0, device=torch.device("cpu")).score([chunk])
+    [score], stats = ChunkScorer(tiny_model, pad_id=0, device=torch.device("cpu"), precision="float32").score([chunk])
     assert score.n_tokens == 12 == stats.tokens  # BOS + 12 tokens: every token predicted
     assert score.sum_nll == pytest.approx(by_hand, abs=1e-4)
     assert score.ppl == pytest.approx(math.exp(by_hand / 12), rel=1e-4)
 
 
+def test_bfloat16_scores_agree_with_float32_to_bfloat16_rounding(tiny_model):
+    chunks = chunks_of([40, 7, 33, 16, 5, 60, 15])
+    exact, _ = ChunkScorer(tiny_model, pad_id=0, device=torch.device("cpu"), precision="float32").score(chunks)
+    scorer = ChunkScorer(tiny_model, pad_id=0, device=torch.device("cpu"), precision="bfloat16")
+    fast, _ = scorer.score(chunks)
+    assert scorer.precision == "bfloat16" and scorer.autocast
+    assert next(tiny_model.parameters()).dtype == torch.float32  # autocast: the weights stay float32
+    rel = [abs(f.sum_nll - e.sum_nll) / e.sum_nll for f, e in zip(fast, exact, strict=True)]
+    assert max(rel) < 1e-2  # bfloat16 keeps 8 bits of mantissa: per-chunk NLL within 1 %
+    assert any(f.sum_nll != e.sum_nll for f, e in zip(fast, exact, strict=True))  # the products did run in bf16
+    with pytest.raises(ValueError, match="precision"):
+        ChunkScorer(tiny_model, pad_id=0, device=torch.device("cpu"), precision="fp8")
+
+
 def test_batched_scores_equal_one_chunk_per_forward(tiny_model):
     chunks = chunks_of([40, 7, 33, 16, 5, 60, 15])
-    scorer = ChunkScorer(tiny_model, pad_id=0, max_batch_tokens=64, device=torch.device("cpu"))
+    scorer = ChunkScorer(tiny_model, pad_id=0, max_batch_tokens=64, device=torch.device("cpu"), precision="float32")
     scores, stats = scorer.score(chunks)
     assert [s.chunk_id for s in scores] == [c.chunk_id for c in chunks]
     assert len({len(c.input_ids) for c in chunks}) > 1  # padding is exercised
