@@ -270,16 +270,19 @@ class PilotInputs:
         pin = check_landscape_pins(pins.slice(0, 1).to_pylist(), versions[REGIMES_TABLE], manifest.revision, policy)
         versions[SCORES_TABLE] = pin.scores_version
         versions[DOCUMENTS_TABLE] = require_version(store, DOCUMENTS_TABLE)
-        scores = store.read(
-            SCORES_TABLE,
-            versions[SCORES_TABLE],
-            columns=["chunk_id", "doc_id", "source", "role", "split", "n_tokens", "ppl"],
-            filters=[("model_revision", "=", manifest.revision), ("policy_hash", "=", policy.policy_hash)],
-        )
-        pinned = pinned_scores(
-            scores.to_pydict(), scores_version=pin.scores_version, model_revision=manifest.revision, policy=policy
-        )
-        return cls(store, manifest, settings, pinned, versions)
+        key = (store.table_uri(SCORES_TABLE), pin.scores_version, manifest.revision, policy.policy_hash)
+        if _PINNED.get("key") != key:  # versions never change: the same key is the same rows
+            scores = store.read(
+                SCORES_TABLE,
+                versions[SCORES_TABLE],
+                columns=["chunk_id", "doc_id", "source", "role", "split", "n_tokens", "ppl"],
+                filters=[("model_revision", "=", manifest.revision), ("policy_hash", "=", policy.policy_hash)],
+            )
+            pinned = pinned_scores(
+                scores.to_pydict(), scores_version=pin.scores_version, model_revision=manifest.revision, policy=policy
+            )
+            _PINNED.update(key=key, scores=pinned)
+        return cls(store, manifest, settings, _PINNED["scores"], versions)
 
     def selection_order(self) -> tuple[int, list[str]]:
         """The current DOS selection's version and chunk ids in step order, drawn from the scores every pilot reads."""
@@ -309,9 +312,22 @@ class PilotInputs:
             )
         return regime["chunk_ids"][0].as_py()
 
+    def held_out_chunks(self, tokenizer) -> tuple[list[Chunk], list[Chunk]]:
+        """The held-out domain and general chunks, rebuilt once per process for the same documents version and
+        ids (every pilot evaluates on them; the general ones are cut from whole books)."""
+        ids = (self.held_out["domain"].chunk_ids, self.held_out["general"].chunk_ids)
+        key = (self.store.table_uri(DOCUMENTS_TABLE), self.versions[DOCUMENTS_TABLE], self.manifest.revision, ids)
+        if key not in _HELD_OUT:
+            _HELD_OUT.clear()
+            _HELD_OUT[key] = self.chunk_sets(tokenizer, *ids)
+        domain, general = _HELD_OUT[key]
+        return domain, general
+
     def chunk_sets(self, tokenizer, *id_lists: Sequence[str]) -> list[list[Chunk]]:
         """The chunks of each list of ids, rebuilt from one read of their documents."""
         wanted = [c for ids in id_lists for c in ids]
+        if not wanted:
+            return [[] for _ in id_lists]
         doc_of = {c: self.scores.doc_id[self.scores.index[c]] for c in wanted}
         docs = self.store.read(
             DOCUMENTS_TABLE,
@@ -327,6 +343,12 @@ class PilotInputs:
             sets.append(chunks[start : start + len(ids)])
             start += len(ids)
         return sets
+
+
+# Per process (a CLI run of many partitions reads the same versions): the pinned scores of the last scores version
+# read, and the held-out chunks rebuilt for the last documents version. Delta versions never change.
+_PINNED: dict[str, object] = {}
+_HELD_OUT: dict[tuple, tuple[list[Chunk], list[Chunk]]] = {}
 
 
 # The base model's T = 0 evaluation per (model revision, held-out set, eval batch): the same for every pilot of a
@@ -349,9 +371,8 @@ def train_pilot(
         for warning in held_out[role].sources.warnings:
             context.log.warning(warning)
     model, tokenizer = load_model(manifest.path)
-    domain_eval, general_eval, domain_train, general_train = inputs.chunk_sets(
-        tokenizer, held_out["domain"].chunk_ids, held_out["general"].chunk_ids, domain_ids, general_ids
-    )
+    domain_eval, general_eval = inputs.held_out_chunks(tokenizer)
+    domain_train, general_train = inputs.chunk_sets(tokenizer, domain_ids, general_ids)
     eval_set = config_hash(sorted(c.chunk_id for c in [*domain_eval, *general_eval]))
     known = (manifest.revision, eval_set, train_config.eval_batch_tokens)
     context.log.info(
