@@ -249,3 +249,36 @@ def test_bootstrap_interval_coverage():
     assert total == 50 * 7
     assert hits / total >= 0.90, per_param
     assert min(per_param.values()) >= 40, per_param  # no single parameter badly under-covered
+
+
+def test_size_law_converges_in_its_flat_valley_on_two_pilot_sizes():
+    """The demo's regime and follow-up runs of 2026-12-02 (tokens trained, final domain loss, regime): two sizes
+    with D jittered around each, so E is barely identified and L-BFGS-B zigzagged along the valley until its
+    iteration limit, failing the refit. A restart from where it stopped converges; predictions are the same."""
+    from cpt.laws.ppl.size_law import fit_size_law
+
+    D = [16097, 16019, 17555, 49436, 16468, 48202, 17332, 48957, 17883, 49497, 17482, 49506, 17140, 49033, 17238]
+    D += [48087, 16230, 48587, 16588, 48300, 17214, 49363, 49498, 48180, 48604, 49321, 48054, 49893, 49139, 49390]
+    loss = [6.06554, 6.06451, 6.04165, 5.95758, 6.04733, 5.8892, 6.04652, 5.91076, 6.0666, 5.87712, 6.05192, 5.8869]
+    loss += [6.04302, 5.90269, 6.04494, 5.91275, 6.05344, 5.93502, 6.06497, 5.89684, 6.03164, 5.8906, 5.89326]
+    loss += [5.91973, 5.88658, 5.90108, 5.89578, 5.87527, 5.89056, 5.86665]
+    groups = ["c50w20", "c35w20", "c15w20", "low", "low", "random", "random", "c85w50", "c85w50", "c65w50"]
+    groups += ["c65w50", "c50w50", "c50w50", "c35w50", "c35w50", "c15w50", "c15w50", "c85w20", "c85w20", "c65w20"]
+    groups += ["c65w20", "c50w20", "c35w20", "c15w20", "f2-hi", "f2-lo", "f2-opt", "f1-hi", "f1-lo", "f1-opt"]
+    n = len(D)
+    obs = PplObservations(
+        mu=np.linspace(400, 600, n),
+        sigma=np.full(n, 50.0),
+        D=np.array(D, dtype=float),
+        loss=np.array(loss),
+        run_ids=tuple(f"run{i}" for i in range(n)),
+        group_ids=tuple(groups),
+        sizes=np.where(np.array(D) < 30_000, 16_000.0, 48_000.0),
+    )
+    fit = fit_size_law(obs, PplLawOptions())
+    assert fit.converged and not fit.warnings  # no held-out refit failed either
+    small, large = np.array(D) < 30_000, np.array(D) >= 30_000
+    # what is identified: the loss at each size (the robust centre of each size's losses)
+    assert abs(float(fit.predict(17_000.0)) - np.median(np.array(loss)[small])) < 0.01
+    assert abs(float(fit.predict(49_000.0)) - np.median(np.array(loss)[large])) < 0.01
+    assert fit.heldout_rmse is not None and fit.heldout_rmse < 0.03
