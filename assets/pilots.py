@@ -270,8 +270,8 @@ class PilotInputs:
         pin = check_landscape_pins(pins.slice(0, 1).to_pylist(), versions[REGIMES_TABLE], manifest.revision, policy)
         versions[SCORES_TABLE] = pin.scores_version
         versions[DOCUMENTS_TABLE] = require_version(store, DOCUMENTS_TABLE)
-        key = (store.table_uri(SCORES_TABLE), pin.scores_version, manifest.revision, policy.policy_hash)
-        if _PINNED.get("key") != key:  # versions never change: the same key is the same rows
+        key = (_table_identity(store, SCORES_TABLE, pin.scores_version), manifest.revision, policy.policy_hash)
+        if _PINNED.get("key") != key:  # a version of a table never changes: the same key is the same rows
             scores = store.read(
                 SCORES_TABLE,
                 versions[SCORES_TABLE],
@@ -316,7 +316,8 @@ class PilotInputs:
         """The held-out domain and general chunks, rebuilt once per process for the same documents version and
         ids (every pilot evaluates on them; the general ones are cut from whole books)."""
         ids = (self.held_out["domain"].chunk_ids, self.held_out["general"].chunk_ids)
-        key = (self.store.table_uri(DOCUMENTS_TABLE), self.versions[DOCUMENTS_TABLE], self.manifest.revision, ids)
+        documents = _table_identity(self.store, DOCUMENTS_TABLE, self.versions[DOCUMENTS_TABLE])
+        key = (documents, self.manifest.revision, ids)
         if key not in _HELD_OUT:
             _HELD_OUT.clear()
             _HELD_OUT[key] = self.chunk_sets(tokenizer, *ids)
@@ -346,14 +347,20 @@ class PilotInputs:
 
 
 # Per process (a CLI run of many partitions reads the same versions): the pinned scores of the last scores version
-# read, and the held-out chunks rebuilt for the last documents version. Delta versions never change.
+# read, and the held-out chunks rebuilt for the last documents version.
 _PINNED: dict[str, object] = {}
 _HELD_OUT: dict[tuple, tuple[list[Chunk], list[Chunk]]] = {}
 
 
-# The base model's T = 0 evaluation per (model revision, held-out set, eval batch): the same for every pilot of a
-# process (a CLI run of many partitions), so it is computed once. Weights of a revision never change.
-_BASE_EVALS: dict[tuple[str, str, int], EvalPoint] = {}
+def _table_identity(store: DeltaStore, key: str, version: int) -> tuple[str, str, int]:
+    """A version of a table, identified: a version never changes, and a table deleted and created again at the same
+    path gets a new id."""
+    return store.table_uri(key), store.table(key, version).metadata().id, version
+
+
+# The base model's T = 0 evaluation per (model revision, held-out set, eval batch, precision): the same for every
+# pilot of a process (a CLI run of many partitions), so it is computed once. Weights of a revision never change.
+_BASE_EVALS: dict[tuple[str, str, int, str], EvalPoint] = {}
 
 
 def train_pilot(
@@ -374,7 +381,7 @@ def train_pilot(
     domain_eval, general_eval = inputs.held_out_chunks(tokenizer)
     domain_train, general_train = inputs.chunk_sets(tokenizer, domain_ids, general_ids)
     eval_set = config_hash(sorted(c.chunk_id for c in [*domain_eval, *general_eval]))
-    known = (manifest.revision, eval_set, train_config.eval_batch_tokens)
+    known = (manifest.revision, eval_set, train_config.eval_batch_tokens, train_config.precision)
     context.log.info(
         f"pilot {label}: {len(domain_train)} domain + {len(general_train)} general train chunks, "
         f"{train_config.token_budget:,} tokens; eval on {len(domain_eval)} chunks of "

@@ -261,8 +261,7 @@ class ChunkScorer:
     def _score_batch(self, chunks: Sequence[Chunk]) -> list[float]:
         ids, mask = pad_batch(chunks, self.pad_id)
         try:
-            autocast = torch.autocast("cpu", dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
-            with torch.inference_mode(), autocast:
+            with torch.inference_mode(), autocast_bf16(self.device, "bfloat16" if self.autocast else "float32"):
                 self.forward_passes += 1
                 return batch_nll(self.model, ids.to(self.device), mask.to(self.device)).tolist()
         except torch.OutOfMemoryError:

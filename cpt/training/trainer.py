@@ -216,7 +216,7 @@ def continue_pretraining(
 
     def evaluate() -> None:
         model.eval()
-        with _autocast(device, config.precision):
+        with autocast_bf16(device, config.precision):
             dom = held_out_loss(model, domain_eval, pad_id, config.eval_batch_tokens)
             gen = held_out_loss(model, general_eval, pad_id, config.eval_batch_tokens)
         model.train()
@@ -258,7 +258,7 @@ def continue_pretraining(
                 chunks, flags = zip(*(next(stream) for _ in range(config.micro_batch_size)), strict=True)
                 ids, mask = pad_batch(chunks, pad_id)
                 labels = ids.masked_fill(mask == 0, -100)
-                with _autocast(device, config.precision):
+                with autocast_bf16(device, config.precision):
                     loss = model(
                         input_ids=ids.to(device),
                         attention_mask=mask.to(device),
@@ -293,9 +293,3 @@ def continue_pretraining(
         device=str(device),
         precision="bfloat16" if uses_bf16(device, config.precision) else "float32",
     )
-
-
-def _autocast(device: torch.device, precision: str):
-    """bfloat16 products with float32 weights and reductions where the hardware runs them natively (a GPU, a CPU
-    with AMX) or when asked; else float32 (the scorer's rule, so the T = 0 point is the scorer's loss)."""
-    return autocast_bf16(device, precision)

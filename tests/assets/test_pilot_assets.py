@@ -229,3 +229,21 @@ def test_the_eval_sources_a_user_configures_are_used_and_an_unknown_one_fails_cl
     assert rows.num_rows >= 3 and rows["domain_eval_sources"].to_pylist() == [["dom"]] * rows.num_rows
     assert rows["domain_chunk_tokens"].to_pylist() == [held_out_draw(store, "domain", "dom")] * rows.num_rows
     assert rows["general_eval_sources"].to_pylist() == [["gen_eval"]] * rows.num_rows
+
+
+def test_the_per_process_caches_tell_a_table_created_again_at_its_path_from_the_old_one(store, commit):
+    """The pilots cache what they read by table version; a table deleted and written again restarts at version 0,
+    which must not be taken for the cached one."""
+    import shutil
+
+    import pyarrow as pa
+
+    from assets.pilots import _table_identity
+
+    store.overwrite("scores/x", pa.table({"a": [1]}), commit, predicate=None)
+    first = _table_identity(store, "scores/x", 0)
+    assert _table_identity(store, "scores/x", 0) == first  # the same version: the same identity
+    shutil.rmtree(store.table_uri("scores/x"))
+    store.overwrite("scores/x", pa.table({"a": [2]}), commit, predicate=None)
+    again = _table_identity(store, "scores/x", 0)
+    assert again[2] == first[2] == 0 and again != first
