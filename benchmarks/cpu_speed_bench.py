@@ -39,17 +39,25 @@ def _texts(name: str, docs: int) -> list[str]:
 
 
 def _scoring(path: Path, chunks) -> None:
+    """Both precisions alternated three times (this machine's speed drifts), medians compared."""
     model, tokenizer = load_model(path)
     cpu = torch.device("cpu")
-    results = {}
-    for precision in ("float32", "bfloat16"):
-        scorer = ChunkScorer(model, pad_id=tokenizer.pad_token_id, device=cpu, precision=precision)
+    scorers = {
+        p: ChunkScorer(model, pad_id=tokenizer.pad_token_id, device=cpu, precision=p) for p in ("float32", "bfloat16")
+    }
+    rates: dict[str, list[float]] = {p: [] for p in scorers}
+    ppl: dict[str, np.ndarray] = {}
+    for scorer in scorers.values():
         scorer.score(chunks[:64])  # warm-up
-        scores, stats = scorer.score(chunks)
-        results[precision] = (np.array([s.ppl for s in scores]), stats.tokens_per_second)
-    (exact, base), (fast, rate) = results["float32"], results["bfloat16"]
+    for _ in range(3):
+        for precision, scorer in scorers.items():
+            scores, stats = scorer.score(chunks)
+            rates[precision].append(stats.tokens_per_second)
+            ppl[precision] = np.array([s.ppl for s in scores])
+    base, rate = float(np.median(rates["float32"])), float(np.median(rates["bfloat16"]))
+    exact, fast = ppl["float32"], ppl["bfloat16"]
     rel = np.abs(fast - exact) / exact
-    print(f"\nscoring {len(chunks):,} chunks in process, torch threads {torch.get_num_threads()}:")
+    print(f"\nscoring {len(chunks):,} chunks in process, torch threads {torch.get_num_threads()}, medians of 3:")
     print(f"  float32 products (baseline)   {base:>9,.0f} tok/s")
     print(f"  bfloat16 autocast             {rate:>9,.0f} tok/s  ({rate / base:.2f}x)")
     print(
