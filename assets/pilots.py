@@ -121,7 +121,8 @@ class PilotConfig(dg.Config):
     precision: str = Field(
         _PILOT.precision,
         description="matrix products: auto (bfloat16 under autocast where the hardware runs it natively: a GPU, a "
-        "CPU with AMX; else float32), float32 or bfloat16; evaluation uses the same, so T = 0 is the scorer's loss",
+        "CPU with AMX or AVX512-BF16; else float32), float32 or bfloat16; evaluation uses the same, so T = 0 is the "
+        "scorer's loss",
     )
 
     def settings(self) -> PilotSettings:

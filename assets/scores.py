@@ -55,8 +55,8 @@ class ScoringConfig(dg.Config):
     num_partitions: int | None = Field(None, description="Spark partitions; default: 8 × the session's parallelism")
     precision: str = Field(
         "auto",
-        description="matrix products: auto (bfloat16 where the hardware runs it natively: a GPU, a CPU with AMX, "
-        "where chunk PPL stays within 0.2 % of float32's; else float32), float32 or bfloat16",
+        description="matrix products: auto (bfloat16 where the hardware runs it natively: a GPU, a CPU with AMX or "
+        "AVX512-BF16, where chunk PPL stays within 0.2 % of float32's; else float32), float32 or bfloat16",
     )
     ship_model: bool = Field(False, description="send the model folder to executors as a zip (SparkContext.addArchive)")
     orphan_min_age_seconds: float = Field(

@@ -1,8 +1,8 @@
 """What the demo's CPU time rests on, each against its baseline measured in the same run, on the quick-start shape
 (1.2 M parameters, vocabulary 4,096) and MedQuAD chunks (L = 256):
 
-1. scoring: float32 products (the baseline) vs bfloat16 autocast (the default where the CPU has AMX), tokens/s
-   and how far each chunk's PPL moves (relative error, Spearman over chunks);
+1. scoring: float32 products (the baseline) vs bfloat16 autocast (the default where the CPU has AMX or AVX512-BF16),
+   tokens/s and how far each chunk's PPL moves (relative error, Spearman over chunks);
 2. training a pilot-sized run (32k tokens, 5 evaluations): float32 (the baseline) vs bfloat16 autocast.
 
 The model is the quick-start architecture with a BPE tokenizer trained on the first 2 M characters of the general
@@ -98,7 +98,7 @@ def _training(path: Path, chunks, pad_id: int) -> None:
 
 
 def main() -> None:
-    print(f"CPU with native bfloat16 products (AMX): {native_bf16(torch.device('cpu'))}")
+    print(f"CPU with native bfloat16 products (AMX or AVX512-BF16): {native_bf16(torch.device('cpu'))}")
     with tempfile.TemporaryDirectory() as tmp:
         general = _texts("gen_austen.jsonl.gz", 60)
         config = PretrainConfig(token_budget=200_000, tokenizer_train_chars=2_000_000)

@@ -123,7 +123,7 @@ def bench(name: str, folder: Path, n_chunks: int, spark) -> None:
     print(
         f"\n{name}: {manifest.n_params / 1e6:.1f} M parameters, {len(chunks)} chunks, {tokens:,} tokens, L = "
         f"{POLICY.length}, torch threads {torch.get_num_threads()}; (b) and (c) compute their products in "
-        f"{scorer.precision} (precision auto: bfloat16 on a CPU with AMX), against a float32 ceiling"
+        f"{scorer.precision} (precision auto: bfloat16 on a CPU with AMX or AVX512-BF16), against a float32 ceiling"
     )
     print(
         f"  float32 FLOP-bound ceiling              {ceiling:10.0f} tokens/s   (sustained matmul "

@@ -45,8 +45,8 @@ class PretrainConfig:
     log_every: int = 10
     tokenizer_train_chars: int = 4_000_000  # BPE merges learned on the first texts up to this many characters
     # Matrix products: auto is bfloat16 under autocast (float32 weights, optimizer and reductions) where the hardware
-    # runs it natively (a GPU, a CPU with AMX: the demo's pretraining took 122 s against 229 s in float32 on 2 cores,
-    # with the same final loss), else float32. See cpt.scoring.scorer.PRECISIONS.
+    # runs it natively (a GPU, a CPU with AMX or AVX512-BF16: the demo's pretraining took 122 s against 229 s in
+    # float32 on 2 cores with AMX, with the same final loss), else float32. See cpt.scoring.scorer.PRECISIONS.
     precision: str = "auto"
     seed: int = 0
 

@@ -8,8 +8,8 @@ Reads like a small training script; every choice sits in :class:`TrainConfig` an
    accumulation; gradient clipping;
 3. domain and general loss on fixed held-out chunks at ``T = 0`` and every ``eval_every_tokens`` trained tokens, and at
    the end, computed as the scorer computes chunk NLL (in float32 the ``T = 0`` point is exactly the scorer's loss of
-   the base model; where products run in bfloat16 (a GPU, a CPU with AMX) the weights stay float32 under autocast, so
-   it agrees to bfloat16 rounding), and
+   the base model; where products run in bfloat16 (a GPU, a CPU with AMX or AVX512-BF16) the weights stay float32
+   under autocast, so it agrees to bfloat16 rounding), and
    each held-out chunk's own loss (mean NLL per predicted token), from the same per-chunk sums in one pass;
 4. metrics leave through a callback; the result is a frozen :class:`TrainResult` holding the curve.
 
@@ -44,7 +44,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     eval_every_tokens: int = 16_384  # also evaluated at T = 0 and at the end
     eval_batch_tokens: int = 4096  # the scorer's CPU default: faster than larger batches there (on a GPU, raise it)
-    precision: str = "auto"  # products in bfloat16 where native (GPU, AMX CPU): see cpt.scoring.scorer.PRECISIONS
+    precision: str = "auto"  # bfloat16 products where native (GPU, AMX, AVX512-BF16): cpt.scoring.scorer.PRECISIONS
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -94,6 +94,21 @@ def test_bfloat16_scores_agree_with_float32_to_bfloat16_rounding(tiny_model):
         ChunkScorer(tiny_model, pad_id=0, device=torch.device("cpu"), precision="fp8")
 
 
+@pytest.mark.parametrize(
+    ("amx", "avx512_bf16", "native"), [(True, False, True), (False, True, True), (False, False, False)]
+)
+def test_auto_precision_is_bfloat16_only_where_a_cpu_computes_it_natively(monkeypatch, amx, avx512_bf16, native):
+    """AMX (Intel) and AVX512-BF16 (Zen 4) CPUs run bfloat16 products natively; elsewhere they are emulated, slower
+    than float32, so ``auto`` stays float32 there; float32 and bfloat16 are what they say on any CPU."""
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    cpu = torch.device("cpu")
+    assert scorer_module.native_bf16(cpu) is native
+    assert scorer_module.uses_bf16(cpu, "auto") is native
+    assert scorer_module.uses_bf16(cpu, "bfloat16") and not scorer_module.uses_bf16(cpu, "float32")
+    assert scorer_module.native_bf16(torch.device("cuda"))
+
+
 def test_batched_scores_equal_one_chunk_per_forward(tiny_model):
     chunks = chunks_of([40, 7, 33, 16, 5, 60, 15])
     scorer = ChunkScorer(tiny_model, pad_id=0, max_batch_tokens=64, device=torch.device("cpu"), precision="float32")
