@@ -402,7 +402,8 @@ def train_pilot(
     )
     _BASE_EVALS[known] = result.initial
     context.log.info(
-        f"pilot {label}: {result.tokens:,} tokens in {result.seconds:.1f} s ({result.tokens_per_second:,.0f} tok/s); "
+        f"pilot {label}: {result.tokens:,} tokens in {result.seconds:.1f} s ({result.tokens_per_second:,.0f} tok/s, "
+        f"{result.precision} products); "
         f"domain loss {result.initial.domain_loss:.4f} → {result.final.domain_loss:.4f}, general loss "
         f"{result.initial.general_loss:.4f} → {result.final.general_loss:.4f}"
     )
@@ -495,6 +496,7 @@ def _metadata(result: TrainResult, ratio: float, stats: SubsetStats | None, vers
             "general_loss_change": last.general_loss - first.general_loss,
             "seconds": round(result.seconds, 1),
             "train_tokens_per_second": round(result.tokens_per_second, 1),
+            "precision": result.precision,
             "domain_epochs": round(result.domain_epochs, 3),
             "curve": _curve_markdown(result),
             "input_versions": dg.MetadataValue.json(versions),

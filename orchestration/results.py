@@ -70,7 +70,7 @@ def ppl_answer_lines(store: DeltaStore) -> list[str]:
     flags = []
     if optimum.get("on_boundary"):
         flags.append(f"optimum on the boundary ({', '.join(optimum.get('boundary_sides') or [])})")
-    flags.append(f"law gate {'passed' if fit.gate_passed else 'FAILED'}")
+    flags.append("law gate passed" if fit.gate_passed else f"law gate FAILED (law not promoted; basis: {a['basis']})")
     out = [line, f"  flags: {'; '.join(flags)}", f"  why: {'; '.join(a.get('reasons') or [])}"]
     out += [f"  beat: {b}" for b in a.get("baselines") or []]
     followup = a.get("followup")
@@ -138,7 +138,7 @@ def results_block(store: DeltaStore, failed: Sequence[str], findings: Sequence[s
     for part in (corpus_lines, landscape_lines, ppl_answer_lines, cmr_answer_lines, dataset_lines):
         lines += part(store)
     lines += confirmation_lines(store)
-    lines.append(f"gates that failed: {', '.join(failed) if failed else 'none'}")
+    lines.append(f"blocking gates that failed: {', '.join(failed) if failed else 'none'}")
     if findings:
         lines.append(f"checks that failed without blocking (reported, not fatal): {', '.join(findings)}")
     lines += plot_lines(store)

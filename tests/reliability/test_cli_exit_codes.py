@@ -188,7 +188,7 @@ def test_the_results_block_says_what_is_missing_on_an_empty_store(tmp_path):
         "confirmations: not run",
     ):
         assert expected in lines, (expected, lines)
-    assert "gates that failed: corpus/documents:reject_rate_below_threshold" in lines
+    assert "blocking gates that failed: corpus/documents:reject_rate_below_threshold" in lines
     assert any("make ui" in line and "http://127.0.0.1:5000" in line for line in lines)
     table = stage_table([("ingest", 4.0), ("score", 116.0)])
     assert table[-1].split()[:2] == ["total", "120.0"] and "(2.0 min)" in table[-1]
