@@ -53,7 +53,7 @@ def default_device() -> torch.device:
 # How matrix products are computed. ``auto``: in bfloat16 where the hardware runs them natively (a GPU, or a CPU with
 # AMX tiles or AVX512-BF16 dot products, both of which oneDNN uses), else float32 (elsewhere bfloat16 is emulated and
 # slower than float32). On a CPU bfloat16 means autocast: float32 weights, bfloat16 products, float32 reductions; on
-# the quick-start model it scores 1.5–1.6× the tokens/s of float32 on 2 cores (AMX and AVX512-BF16 alike), with chunk
+# the quick-start model it scores 1.46–1.6× the tokens/s of float32 on 2 cores (AMX and AVX512-BF16 alike), with chunk
 # PPL within 0.2 % of float32's (0.12 % at the 99th percentile, Spearman 0.999996 over 1,583 MedQuAD chunks).
 PRECISIONS = ("auto", "float32", "bfloat16")
 
