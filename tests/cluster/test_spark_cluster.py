@@ -6,6 +6,7 @@ landscape jobs run through their ``spark-submit`` entry points against ``local[2
 Slow (JVMs start, ~1–2 min); run when ``CPTDATA_CLUSTER_TESTS=1`` (CI sets it), skipped with that reason elsewhere.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -58,7 +59,9 @@ def wait_until(ready, what: str, procs, timeout: float = 120.0) -> None:
 
 def stop_group(proc: subprocess.Popen, timeout: float = 20.0) -> None:
     """Stop a process started with ``start_new_session=True`` and everything it started, by its process group:
-    SIGTERM, then SIGKILL (background JVMs and servers may ignore a plain SIGTERM)."""
+    SIGTERM, then SIGKILL (background JVMs and servers may ignore a plain SIGTERM); then SIGKILL what it had started
+    in sessions of their own (the Dagster daemon's code servers, which outlived it otherwise)."""
+    started = _descendants(proc.pid)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         if proc.poll() is None:
             os.killpg(proc.pid, sig)
@@ -66,6 +69,24 @@ def stop_group(proc: subprocess.Popen, timeout: float = 20.0) -> None:
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 continue
+    for pid in started:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, from /proc (empty where there is none)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        out += below
+        todo += below
+    return out
 
 
 def port_open(port: int) -> bool:
