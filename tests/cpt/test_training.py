@@ -53,6 +53,35 @@ def test_three_steps_lower_the_training_loss_and_t0_equals_the_scorer(tiny):
     assert list(result.curve) == seen  # every point left through the callback
 
 
+def test_bfloat16_training_keeps_float32_weights_and_agrees_with_float32_to_its_rounding(tiny):
+    model, tokenizer, chunks = tiny
+    train, domain_eval, general_eval = chunks[:8], chunks[-6:-3], chunks[-3:]
+    pool_tokens = sum(c.n_predicted for c in train)
+    results = {}
+    for precision in ("float32", "bfloat16"):
+        config = TrainConfig(
+            token_budget=3 * pool_tokens, micro_batch_size=8, learning_rate=1e-2, warmup_steps=1, precision=precision
+        )
+        fresh = load_model(model.name_or_path)[0]
+        results[precision] = continue_pretraining(
+            fresh,
+            domain_train=train,
+            general_train=[],
+            domain_eval=domain_eval,
+            general_eval=general_eval,
+            config=config,
+            pad_id=tokenizer.pad_token_id,
+            device=torch.device("cpu"),
+        )
+        assert results[precision].precision == precision
+        assert all(p.dtype == torch.float32 for p in fresh.parameters())  # autocast: the weights stay float32
+    exact, fast = results["float32"], results["bfloat16"]
+    assert fast.initial.domain_loss != exact.initial.domain_loss  # the products did run in bfloat16
+    assert fast.initial.domain_loss == pytest.approx(exact.initial.domain_loss, rel=1e-2)
+    assert fast.final.domain_loss == pytest.approx(exact.final.domain_loss, rel=2e-2)
+    assert fast.final.domain_loss < fast.initial.domain_loss
+
+
 def test_per_chunk_eval_losses_are_the_scorers_at_t0_and_average_to_the_set_loss(tiny):
     model, tokenizer, chunks = tiny
     train = chunks[:8]
