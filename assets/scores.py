@@ -31,7 +31,7 @@ from cpt.lineage.graph import model_record
 from cpt.models.base_model import ModelManifest, load_tokenizer
 from cpt.scoring.coverage import unscored_documents_with_chunks, value_problems
 from cpt.scoring.schema import SCORES_SCHEMA
-from cpt.scoring.scorer import default_device, uses_bf16
+from cpt.scoring.scorer import default_device, resolved_precision
 from cpt.scoring.windows import WindowPolicy
 from spark_jobs.scoring import SCORE_KEY, SCORES_TABLE, ScoringJobResult, ScoringJobSpec, run_scoring_job
 
@@ -248,5 +248,5 @@ def _checks(store, documents_version, sources, scores, manifest: ModelManifest, 
 
 def _precision(precision: str) -> str:
     """The precision setting and what it resolves to on this host (a local Spark session's workers run here)."""
-    resolved = "bfloat16" if uses_bf16(default_device(), precision) else "float32"
+    resolved = resolved_precision(default_device(), precision)
     return precision if precision == resolved else f"{precision}: {resolved} on this host"

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from cpt.hashing import config_hash
-from cpt.scoring.scorer import autocast_bf16, uses_bf16
+from cpt.scoring.scorer import autocast_bf16, resolved_precision
 
 BOS = "<|endoftext|>"
 LOSS_CURVE_FILE = "loss_curve.json"
@@ -153,7 +153,7 @@ def pretrain_base_model(
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    used = "bfloat16" if uses_bf16(torch.device("cpu"), config.precision) else "float32"
+    used = resolved_precision(torch.device("cpu"), config.precision)
     (out_dir / "pretrain_config.json").write_text(json.dumps(asdict(config) | {"precision_used": used}, indent=2))
     (out_dir / LOSS_CURVE_FILE).write_text(json.dumps(curve))
     return PretrainResult(

@@ -73,6 +73,11 @@ def uses_bf16(device: torch.device, precision: str = "auto") -> bool:
     return precision == "bfloat16" or (precision == "auto" and native_bf16(device))
 
 
+def resolved_precision(device: torch.device, precision: str = "auto") -> str:
+    """What ``precision`` means on ``device``: ``"bfloat16"`` or ``"float32"``."""
+    return "bfloat16" if uses_bf16(device, precision) else "float32"
+
+
 def autocast_bf16(device: torch.device, precision: str = "auto"):
     """bfloat16 autocast (float32 weights and reductions) when ``precision`` resolves to bfloat16 here."""
     if uses_bf16(device, precision):

@@ -26,7 +26,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cpt.scoring.scorer import autocast_bf16, batch_nll, default_device, pad_batch, plan_batches, uses_bf16
+from cpt.scoring.scorer import (
+    autocast_bf16,
+    batch_nll,
+    default_device,
+    pad_batch,
+    plan_batches,
+    resolved_precision,
+    uses_bf16,
+)
 from cpt.scoring.windows import Chunk
 
 
@@ -291,5 +299,5 @@ def continue_pretraining(
         tokens_per_second=state["tokens"] / seconds if seconds > 0 else float("nan"),
         n_params=sum(p.numel() for p in model.parameters()),
         device=str(device),
-        precision="bfloat16" if uses_bf16(device, config.precision) else "float32",
+        precision=resolved_precision(device, config.precision),
     )

@@ -23,6 +23,21 @@ def tiny(tiny_model_dir):
     return load_model(tiny_model_dir)[0], tokenizer, chunks
 
 
+def train_on_cpu(model, tokenizer, train, domain_eval, general_eval, config: TrainConfig, **kwargs):
+    """Domain-only CPT of ``model`` on ``train``, evaluated on both held-out sets, on the CPU."""
+    return continue_pretraining(
+        model,
+        domain_train=train,
+        general_train=[],
+        domain_eval=domain_eval,
+        general_eval=general_eval,
+        config=config,
+        pad_id=tokenizer.pad_token_id,
+        device=torch.device("cpu"),
+        **kwargs,
+    )
+
+
 def test_three_steps_lower_the_training_loss_and_t0_equals_the_scorer(tiny):
     model, tokenizer, chunks = tiny
     train, domain_eval, general_eval = chunks[:8], chunks[-6:-3], chunks[-3:]
@@ -32,17 +47,7 @@ def test_three_steps_lower_the_training_loss_and_t0_equals_the_scorer(tiny):
     config = TrainConfig(token_budget=3 * pool_tokens, micro_batch_size=8, learning_rate=1e-2, warmup_steps=1, seed=0)
     seen = []
 
-    result = continue_pretraining(
-        model,
-        domain_train=train,
-        general_train=[],
-        domain_eval=domain_eval,
-        general_eval=general_eval,
-        config=config,
-        pad_id=tokenizer.pad_token_id,
-        on_eval=seen.append,
-        device=torch.device("cpu"),
-    )
+    result = train_on_cpu(model, tokenizer, train, domain_eval, general_eval, config, on_eval=seen.append)
 
     assert result.steps == 3 and result.tokens == 3 * pool_tokens
     assert result.initial.tokens == 0 and result.initial.domain_loss == pytest.approx(scorer_loss, abs=1e-5)
@@ -63,16 +68,7 @@ def test_bfloat16_training_keeps_float32_weights_and_agrees_with_float32_to_its_
             token_budget=3 * pool_tokens, micro_batch_size=8, learning_rate=1e-2, warmup_steps=1, precision=precision
         )
         fresh = load_model(model.name_or_path)[0]
-        results[precision] = continue_pretraining(
-            fresh,
-            domain_train=train,
-            general_train=[],
-            domain_eval=domain_eval,
-            general_eval=general_eval,
-            config=config,
-            pad_id=tokenizer.pad_token_id,
-            device=torch.device("cpu"),
-        )
+        results[precision] = train_on_cpu(fresh, tokenizer, train, domain_eval, general_eval, config)
         assert results[precision].precision == precision
         assert all(p.dtype == torch.float32 for p in fresh.parameters())  # autocast: the weights stay float32
     exact, fast = results["float32"], results["bfloat16"]
@@ -106,16 +102,7 @@ def test_per_chunk_eval_losses_are_the_scorers_at_t0_and_average_to_the_set_loss
         precision="float32",
     )
 
-    result = continue_pretraining(
-        model,
-        domain_train=train,
-        general_train=[],
-        domain_eval=domain_eval,
-        general_eval=general_eval,
-        config=config,
-        pad_id=tokenizer.pad_token_id,
-        device=torch.device("cpu"),
-    )
+    result = train_on_cpu(model, tokenizer, train, domain_eval, general_eval, config)
 
     assert len(result.curve) == 3
     for point in result.curve:
