@@ -108,6 +108,7 @@ def corpus_documents(context: dg.AssetExecutionContext, delta: DeltaStoreResourc
     context.log.info(
         f"{source.name}: {stats.records_read} records → {stats.documents} documents, {stats.duplicates_dropped} "
         f"duplicates dropped, {stats.rejects} rejected {dict(stats.rejects_by_reason)}"
+        + (f", {stats.sampled_out} outside the {source.sample_fraction:g} sample" if stats.sampled_out else "")
     )
     predicate = partition_predicate({PARTITION_COLUMN: source.name})
     # The quarantine is always recorded; the documents partition is replaced only when the candidate passes the
@@ -206,6 +207,7 @@ def _documents_metadata(
         "partition_documents_by_split": dict(stats.documents_by_split),
         "records_read": stats.records_read,
         "duplicates_dropped": stats.duplicates_dropped,
+        "sampled_out": stats.sampled_out,
         "cross_source_duplicates": stats.cross_source_duplicates,
         "cross_source_checked_at_version": published.checked_against,
         "publish_attempts": published.attempts,

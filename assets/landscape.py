@@ -33,7 +33,7 @@ REGIMES = dg.AssetKey(["landscape", "regimes"])
 HISTOGRAMS_TABLE = "landscape/histograms"
 REGIMES_TABLE = "landscape/regimes"
 CHECK_MASS = "histogram_mass_equals_chunk_count"
-LARGEST_PILOT_TOKENS = 48_000  # the largest regime-run size (assets.pilots): every regime must hold this many tokens
+LARGEST_PILOT_TOKENS = 24_000  # the largest regime-run size (assets.pilots): every regime must hold this many tokens
 POOL_ROLE, POOL_SPLIT = "domain", "train"
 _DEFAULT_REGIMES = RegimeConfig()  # one home for the defaults: the pilot partitions are named after these regimes
 

@@ -140,7 +140,11 @@ class RegimeRunConfig(PilotConfig):
 
 
 class MixtureConfig(PilotConfig):
-    evals: int = Field(_MIXTURE.evals, description="evaluations after T = 0: the trajectory fits need at least 8")
+    evals: int = Field(
+        _MIXTURE.evals,
+        description="evaluations after T = 0: the trajectory fits need 6 in the first three quarters of T_max, "
+        "where their held-out check refits",
+    )
     t_max_tokens: int = Field(
         _MIXTURE.t_max_tokens, description="T_max: tokens per mixture run, domain and general together"
     )

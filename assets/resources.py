@@ -168,6 +168,11 @@ class SourceConfig(dg.Config):
         description="a source that yields no document is an error unless this is true (then ingesting it really "
         "empties its partition)",
     )
+    sample_fraction: float = Field(
+        1.0,
+        description="the share of the source's groups ingested, chosen by a stable hash of the group (the same "
+        "groups on every run); the others are counted as sampled out. 1.0: every record",
+    )
 
     def spec(self) -> SourceSpec:
         return SourceSpec(**self.model_dump())  # the same fields and defaults (pinned by tests/assets)
@@ -206,7 +211,7 @@ class BaseModelResource(dg.ConfigurableResource):
     hub_revision: str | None = None  # ... at a pinned revision
     cache_dir: str  # converted and pretrained models live here
     # pretrain: the quick-start model trained on the general training documents (a token budget, not a time budget)
-    pretrain_token_budget: int = 1_000_000
+    pretrain_token_budget: int = 500_000
     pretrain_hidden_size: int = 128
     pretrain_intermediate_size: int = 384
     pretrain_layers: int = 3

@@ -36,12 +36,14 @@ PROFILE_ENV = "CPTDATA_PROFILE"
 __all__ = ["PROFILES", "PROFILE_ENV", "Profile", "load_profile", "sample_sources"]
 
 
-def sample_sources(corpora: Path) -> list[SourceConfig]:
+def sample_sources(corpora: Path, sample_fraction: float = 1.0) -> list[SourceConfig]:
     """The sample corpora: MedQuAD is the domain pool (split by its source XML file), the medical abstracts are
-    held-out domain evaluation, and three public-domain books and speeches are the general (replay) data."""
+    held-out domain evaluation, and three public-domain books and speeches are the general (replay) data; each keeps
+    ``sample_fraction`` of its groups (``CPTDATA_SAMPLE_FRACTION``: the demo's scale, see the README)."""
 
     def gz(name: str, file: str, role: str, **kw) -> SourceConfig:
-        return SourceConfig(name=name, path=str(corpora / file), format="jsonl.gz", role=role, **kw)
+        path = str(corpora / file)
+        return SourceConfig(name=name, path=path, format="jsonl.gz", role=role, sample_fraction=sample_fraction, **kw)
 
     return [
         gz("med_medquad", "med_medquad.jsonl.gz", "domain", group_field="group", eval_fraction=0.02),
@@ -84,7 +86,7 @@ def load_profile(env: Mapping[str, str]) -> Profile:
     sources = (
         [SourceConfig(**entry.config()) for entry in settings.sources]
         if settings.sources is not None
-        else sample_sources(Path(s.corpora).expanduser().resolve())
+        else sample_sources(Path(s.corpora).expanduser().resolve(), s.sample_fraction)
     )
     catalog = CorpusCatalogResource(
         sources=sources,

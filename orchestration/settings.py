@@ -74,6 +74,14 @@ class EnvSettings(BaseModel):
     corpora: str = Field("../shared/corpora", alias="CPTDATA_CORPORA", description="a folder")
     sources_file: str | None = Field(None, alias="CPTDATA_SOURCES", description="a JSON file listing the sources")
     landing: str | None = Field(None, alias="CPTDATA_LANDING", description="a folder")
+    sample_fraction: float = Field(
+        0.15,
+        alias="CPTDATA_SAMPLE_FRACTION",
+        gt=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="a share of documents in (0, 1], e.g. 0.25 (1: the whole sample corpora)",
+    )
     max_reject_rate: float = Field(
         0.01,
         alias="CPTDATA_MAX_REJECT_RATE",
@@ -116,7 +124,7 @@ class EnvSettings(BaseModel):
         None, alias="CPTDATA_BASE_MODEL_REVISION", description="a hub revision (commit, tag or branch)"
     )
     model_cache: str | None = Field(None, alias="CPTDATA_MODEL_CACHE", description="a folder")
-    pretrain_tokens: int = Field(1_000_000, alias="CPTDATA_PRETRAIN_TOKENS", ge=1, description="a whole number ≥ 1")
+    pretrain_tokens: int = Field(500_000, alias="CPTDATA_PRETRAIN_TOKENS", ge=1, description="a whole number ≥ 1")
     corpus_build_cron: str = Field(
         "0 2 * * *", alias="CPTDATA_CORPUS_BUILD_CRON", description="a cron string (UTC), e.g. 0 2 * * *"
     )
@@ -228,6 +236,7 @@ class SourceEntry(BaseModel):
     split: SplitPolicy = SplitPolicy.BY_GROUP
     eval_fraction: float = Field(0.05, ge=0.0, lt=1.0, allow_inf_nan=False)
     allow_empty: bool = False
+    sample_fraction: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False)
 
     def config(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -384,5 +393,10 @@ def _warnings(settings: EnvSettings, env: Mapping[str, str]) -> tuple[str, ...]:
             f"{name} is only read by the cluster profile and is ignored by {settings.profile}"
             for name in CLUSTER_ONLY
             if name in env
+        )
+    if settings.sources_file is not None and "CPTDATA_SAMPLE_FRACTION" in env:
+        out.append(
+            "CPTDATA_SAMPLE_FRACTION is only read for the sample corpora; set sample_fraction per source in "
+            "CPTDATA_SOURCES instead"
         )
     return tuple(out)

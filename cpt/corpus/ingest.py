@@ -1,5 +1,6 @@
 """Ingestion of one source: records → normalised documents with content-hash ids, exact duplicates dropped and
-counted, a train/eval split drawn by a stable hash of the group; malformed records → rejects with a reason.
+counted, a train/eval split drawn by a stable hash of the group; malformed records → rejects with a reason. A source
+with ``sample_fraction`` below 1 keeps the groups a second stable hash selects; the others are counted as sampled out.
 
 A source that yields no document and no reject (an empty file, a gzip of nothing, blank lines only) raises
 :class:`EmptySourceError` unless its spec sets ``allow_empty``: an empty input is far more often a failed export or
@@ -26,6 +27,7 @@ from cpt.corpus.sources import EmptySourceError, SourceSpec, SplitPolicy
 from cpt.hashing import content_id, unit_interval
 
 SPLIT_SALT = "cptdata-split-v1"  # changing it reshuffles every split: bump only with a new split policy version
+SAMPLE_SALT = "cptdata-sample-v1"  # independent of the split's, so a sample keeps the source's split proportions
 TRAIN, EVAL = "train", "eval"
 
 
@@ -41,6 +43,11 @@ def assign_split(group: str, spec: SourceSpec) -> str:
     if spec.split is SplitPolicy.EVAL:
         return EVAL
     return EVAL if unit_interval(group, SPLIT_SALT) < spec.eval_fraction else TRAIN
+
+
+def in_sample(group: str, spec: SourceSpec) -> bool:
+    """Whether the records of ``group`` are ingested under the source's ``sample_fraction``."""
+    return spec.sample_fraction >= 1.0 or unit_interval(group, SAMPLE_SALT) < spec.sample_fraction
 
 
 @dataclass(frozen=True)
@@ -99,12 +106,13 @@ def _scalar_field(fields: Mapping[str, object], name: str | None) -> str | None 
 @dataclass(frozen=True)
 class IngestStats:
     files: tuple[str, ...]
-    records_read: int  # every record seen: documents + both kinds of duplicates + rejects
+    records_read: int  # every record seen: documents + both kinds of duplicates + rejects + sampled out
     documents: int
     duplicates_dropped: int  # exact duplicates of an earlier record of this source
     cross_source_duplicates: int  # texts another source already holds (each text lives in one source only)
     rejects_by_reason: Mapping[str, int]
     documents_by_split: Mapping[str, int]
+    sampled_out: int = 0  # valid records of groups outside the source's sample_fraction
 
     @property
     def rejects(self) -> int:
@@ -134,13 +142,15 @@ def ingest_source(
     docs: dict[str, Document] = {}
     rejects: list[Reject] = []
     files: set[str] = set()
-    seen = duplicates = elsewhere = 0
+    seen = duplicates = elsewhere = sampled_out = 0
     for item in read_source(spec):
         seen += 1
         files.add(item.file)
         result = to_document(item, spec) if isinstance(item, Record) else item
         if isinstance(result, Reject):
-            rejects.append(result)
+            rejects.append(result)  # quarantined whether or not its group is in the sample
+        elif not in_sample(result.group_id, spec):
+            sampled_out += 1
         elif result.doc_id in docs:
             duplicates += 1  # an exact duplicate of an earlier record: the first occurrence is kept
         elif result.doc_id in other_sources_ids:
@@ -155,6 +165,7 @@ def ingest_source(
         cross_source_duplicates=elsewhere,
         rejects_by_reason=dict(sorted(Counter(r.reason.value for r in rejects).items())),
         documents_by_split=dict(sorted(Counter(d.split for d in docs.values()).items())),
+        sampled_out=sampled_out,
     )
     if not docs and not rejects:
         require_documents(spec, stats)
@@ -175,6 +186,9 @@ def require_documents(spec: SourceSpec, stats: IngestStats) -> None:
     elif stats.cross_source_duplicates:
         what = f"all {stats.cross_source_duplicates} of its texts are already held by other sources"
         what += f" ({stats.rejects} other records were rejected)" if stats.rejects else ""
+    elif stats.sampled_out:
+        what = f"its sample_fraction {spec.sample_fraction} keeps none of its {stats.sampled_out} valid records' groups"
+        what += " (raise it)"
     else:
         return  # every record was rejected: the reject-rate gate fails it, and its rejects are recorded
     raise EmptySourceError(

@@ -79,6 +79,9 @@ class SourceSpec:
     split: SplitPolicy = SplitPolicy.BY_GROUP
     eval_fraction: float = 0.05
     allow_empty: bool = False  # True: a source without documents really empties its partition (else it fails)
+    # The share of the source's groups ingested: a group is kept when a stable hash of it falls below this, so the
+    # same groups are kept on every run and machine (independently of the split). 1.0: every record.
+    sample_fraction: float = 1.0
 
     def __post_init__(self) -> None:
         if len(self.name) > MAX_NAME_LENGTH:
@@ -90,6 +93,8 @@ class SourceSpec:
             raise ValueError(f"source name {self.name!r}: use letters, digits, '_', '.', '-' (it is a partition key)")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ValueError(f"source {self.name!r}: eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        if not 0.0 < self.sample_fraction <= 1.0:
+            raise ValueError(f"source {self.name!r}: sample_fraction must be in (0, 1], got {self.sample_fraction}")
         object.__setattr__(self, "format", SourceFormat(self.format))
         object.__setattr__(self, "role", CorpusRole(self.role))
         object.__setattr__(self, "split", SplitPolicy(self.split))

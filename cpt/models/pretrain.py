@@ -36,7 +36,7 @@ class PretrainConfig:
     num_layers: int = 3
     num_heads: int = 4
     seq_len: int = 256  # BOS + 255 tokens per training sequence, like the default scoring window
-    token_budget: int = 1_000_000  # training tokens; cycles over the data when it is smaller
+    token_budget: int = 500_000  # training tokens; cycles over the data when it is smaller
     batch_size: int = 16
     learning_rate: float = 2e-3
     warmup_steps: int = 30

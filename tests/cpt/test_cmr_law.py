@@ -536,3 +536,21 @@ def test_intervals_still_cover_under_independent_noise():
     conservative (pooling several runs, as the analysis does, sharpens ρ)."""
     coverage = _interval_coverage(0.0, seeds=16)
     assert min(coverage.values()) >= 0.85, coverage
+
+
+def test_too_few_checkpoints_before_the_held_out_share_names_the_evals_to_raise():
+    from cpt.laws.cmr.heldout import trajectory_heldout_error
+
+    tokens = np.array([0.0, *(32_000 * k / 8 + 100 for k in range(1, 9))])  # 8 evaluations, each a little late
+    trajectories = {r: (tokens, ld, lg) for r, (_, ld, lg) in simulate(0, tokens=tokens).items()}
+    with pytest.raises(
+        TooFewPoints,
+        match=r"held-out check at R=.*up to 75% of T_max: got 5 .* need at least 6; "
+        r"evaluate the mixture pilots more often \(evals\)",
+    ):
+        trajectory_heldout_error(trajectories, L_DOM0, L_GEN0, 0.25)
+    ten = np.array([0.0, *(32_000 * k / 10 + 100 for k in range(1, 11))])
+    assert (
+        trajectory_heldout_error({r: (ten, *v[1:]) for r, v in simulate(0, tokens=ten).items()}, L_DOM0, L_GEN0).rmse
+        < 1
+    )

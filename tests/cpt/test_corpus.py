@@ -7,10 +7,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from cpt.corpus import readers
-from cpt.corpus.ingest import assign_split, ingest_source, normalise_text
+from cpt.corpus.ingest import assign_split, in_sample, ingest_source, normalise_text
 from cpt.corpus.quality import duplicate_count, empty_text_count, schema_differences
 from cpt.corpus.schema import DOCUMENTS_SCHEMA
-from cpt.corpus.sources import SourceSpec, SourceUnreadableError, landing_sources
+from cpt.corpus.sources import EmptySourceError, SourceSpec, SourceUnreadableError, landing_sources
 from cpt.hashing import content_id
 from tests.conftest import BAD, GOOD, TRUNCATED_LINE, write_malformed_jsonl_gz
 
@@ -69,6 +69,37 @@ def test_split_is_drawn_per_group_and_stable(tmp_path):
     assert [d["split"] for d in again] == [d["split"] for d in docs]
     s = spec(path, "jsonl")
     assert assign_split("any", SourceSpec(**{**vars(s), "split": "eval"})) == "eval"
+
+
+def test_a_sample_keeps_whole_groups_stably_counts_the_rest_and_keeps_the_split(tmp_path):
+    records = [{"group": f"g{i % 200}", "text": f"document {i}"} for i in range(2000)]
+    path = tmp_path / "many.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n{not json\n")
+    full = ingest(spec(path, "jsonl", eval_fraction=0.3))
+    sample = ingest(spec(path, "jsonl", eval_fraction=0.3, sample_fraction=0.25))
+    kept = sample.documents.to_pylist()
+    groups = {d["group_id"] for d in kept}
+    assert 30 <= len(groups) <= 70  # ~25 % of 200 groups
+    assert len(kept) == 10 * len(groups)  # every document of a kept group, none of the others
+    assert sample.stats.sampled_out == 2000 - len(kept)
+    assert sample.stats.records_read == full.stats.records_read == 2001
+    assert sample.stats.rejects == full.stats.rejects == 1  # malformed records are quarantined either way
+    split_in_full = {d["doc_id"]: d["split"] for d in full.documents.to_pylist()}
+    assert all(split_in_full[d["doc_id"]] == d["split"] for d in kept)  # sampling never moves a document's split
+    again = ingest(spec(path, "jsonl", eval_fraction=0.3, sample_fraction=0.25)).documents
+    assert again["doc_id"].to_pylist() == sample.documents["doc_id"].to_pylist()
+    wider = {d["group_id"] for d in ingest(spec(path, "jsonl", sample_fraction=0.5)).documents.to_pylist()}
+    assert groups < wider  # a larger sample holds the smaller one
+
+
+def test_a_sample_that_keeps_nothing_is_an_error_naming_the_fraction(tmp_path):
+    path = tmp_path / "one.jsonl"
+    path.write_text(json.dumps({"group": "g", "text": "alone"}) + "\n")
+    fraction = next(f for f in (0.01, 0.02, 0.05) if not in_sample("g", spec(path, "jsonl", sample_fraction=f)))
+    with pytest.raises(EmptySourceError, match=f"sample_fraction {fraction} keeps none of its 1 valid"):
+        ingest(spec(path, "jsonl", sample_fraction=fraction))
+    with pytest.raises(ValueError, match="sample_fraction must be in"):
+        spec(path, "jsonl", sample_fraction=0.0)
 
 
 def test_parquet_and_text_folder_sources(tmp_path):

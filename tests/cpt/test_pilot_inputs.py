@@ -210,11 +210,21 @@ def test_size_budget_names_a_missing_size():
 # --- settings ------------------------------------------------------------------------------------------------------
 
 
+def test_the_mixture_defaults_leave_the_held_out_check_the_points_its_refit_needs():
+    from cpt.laws.reports import CmrSettings
+
+    mixture, holdout = MixtureSettings(), CmrSettings().holdout_fraction
+    # Evaluations fall due every T_max / evals tokens and happen up to one window past the mark (whole chunks).
+    due = [k * mixture.t_max_tokens / mixture.evals + mixture.window_length for k in range(1, mixture.evals + 1)]
+    early = [t for t in due if t <= (1 - holdout) * due[-1]]
+    assert len(early) >= 6  # the general-loss trajectory has 3 terms and needs 6 points (cpt.laws.cmr.fits)
+
+
 def test_pilot_settings_build_the_train_config_and_the_window_policy():
     settings = PilotSettings(evals=4, learning_rate=5e-4)
     config = settings.train_config(1000, 0.25)
     assert (config.eval_every_tokens, config.mix_ratio, config.learning_rate) == (250, 0.25, 5e-4)
-    assert PilotSettings().learning_rate == 3e-4 and MixtureSettings().evals == 12
+    assert PilotSettings().learning_rate == 3e-4
     assert PilotSettings(window_length=64, min_tokens=8).policy() == POLICY
     assert PilotSettings(domain_eval_sources=("a",)).eval_sources("domain") == ("a",)
     assert RegimeRunSettings().size_tokens["small"] < RegimeRunSettings().size_tokens["large"]

@@ -124,7 +124,7 @@ def test_profiles_are_chosen_by_one_variable(tmp_path):
     assert quick.delta.root_uri == str(tmp_path / "delta")
     assert quick.mlflow.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert quick.spark.master == "local[2]"
-    assert (quick.model.kind, quick.model.pretrain_token_budget) == ("pretrain", 1_000_000)
+    assert (quick.model.kind, quick.model.pretrain_token_budget) == ("pretrain", 500_000)
     assert load_profile({"CPTDATA_PROFILE": "smollm2"}).model.kind == "smollm2"
     hub = load_profile({"CPTDATA_BASE_MODEL": "org/model", "CPTDATA_BASE_MODEL_REVISION": "abc123"}).model
     assert (hub.kind, hub.hub_id, hub.hub_revision) == ("hub", "org/model", "abc123")

@@ -36,6 +36,18 @@ def test_valid_reject_rates_reach_the_gate(tmp_path, value, rate):
     assert load_profile(env(tmp_path, CPTDATA_MAX_REJECT_RATE=value)).catalog.max_reject_rate == rate
 
 
+@pytest.mark.parametrize("value", ["0", "-0.1", "1.5", "nan", "inf", "a quarter"])
+def test_sample_fraction_must_be_a_share_above_zero(tmp_path, value):
+    assert error_of(env(tmp_path, CPTDATA_SAMPLE_FRACTION=value)).startswith(f"CPTDATA_SAMPLE_FRACTION={value!r}: ")
+
+
+@pytest.mark.parametrize(("value", "fraction"), [(None, 0.15), ("1", 1.0), ("0.5", 0.5)])
+def test_sample_fraction_reaches_every_sample_source(tmp_path, value, fraction):
+    extra = {} if value is None else {"CPTDATA_SAMPLE_FRACTION": value}
+    sources = load_profile(env(tmp_path, **extra)).catalog.sources
+    assert len(sources) == 5 and {s.sample_fraction for s in sources} == {fraction}
+
+
 CLUSTER = {"CPTDATA_PROFILE": "cluster", "CPTDATA_DELTA_ROOT": "s3://b/c", "CPTDATA_BASE_MODEL": "/models/m"}
 
 
@@ -132,11 +144,17 @@ def test_several_problems_still_make_one_line(tmp_path):
 
 def test_a_valid_sources_file_reaches_the_catalog_with_allow_empty(tmp_path):
     path = tmp_path / "sources.json"
-    path.write_text(json.dumps([src("a", split="eval", allow_empty=True), src("b", group_field="g")]))
-    catalog = load_profile(env(tmp_path, CPTDATA_SOURCES=str(path))).catalog
-    specs = {s.name: s.spec() for s in catalog.sources}
-    assert (specs["a"].split.value, specs["a"].allow_empty) == ("eval", True)
-    assert (specs["b"].group_field, specs["b"].allow_empty) == ("g", False)
+    path.write_text(
+        json.dumps([src("a", split="eval", allow_empty=True), src("b", group_field="g", sample_fraction=0.1)])
+    )
+    profile = load_profile(env(tmp_path, CPTDATA_SOURCES=str(path), CPTDATA_SAMPLE_FRACTION="0.5"))
+    specs = {s.name: s.spec() for s in profile.catalog.sources}
+    assert (specs["a"].split.value, specs["a"].allow_empty, specs["a"].sample_fraction) == ("eval", True, 1.0)
+    assert (specs["b"].group_field, specs["b"].allow_empty, specs["b"].sample_fraction) == ("g", False, 0.1)
+    assert profile.warnings == (
+        "CPTDATA_SAMPLE_FRACTION is only read for the sample corpora; set sample_fraction per source in "
+        "CPTDATA_SOURCES instead",
+    )
 
 
 def test_definitions_are_never_built_from_a_bad_configuration(tmp_path, monkeypatch):

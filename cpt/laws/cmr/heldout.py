@@ -44,8 +44,16 @@ def trajectory_heldout_error(
             late = ~early
             if late.sum() == 0:
                 raise TooFewPoints(f"held-out checkpoints at R={r}", 0, 1, "evaluate more often")
-            dom_fit = fit_dom_trajectory(T[early], dom[early] - L_dom0)
-            gen_fit = fit_gen_trajectory(T[early], gen[early] - L_gen0)
+            try:
+                dom_fit = fit_dom_trajectory(T[early], dom[early] - L_dom0)
+                gen_fit = fit_gen_trajectory(T[early], gen[early] - L_gen0)
+            except TooFewPoints as exc:
+                raise TooFewPoints(
+                    f"held-out check at R={r}: the refit on the checkpoints up to {1 - holdout_fraction:.0%} of T_max",
+                    exc.got,
+                    exc.need,
+                    "evaluate the mixture pilots more often (evals) or hold out a smaller share (holdout_fraction)",
+                ) from exc
             err_dom = dom_fit.value(T[late]) - (dom[late] - L_dom0)
             err_gen = gen_fit.value(T[late]) - (gen[late] - L_gen0)
             per_ratio[float(r)] = (float(np.sqrt(np.mean(err_dom**2))), float(np.sqrt(np.mean(err_gen**2))))
