@@ -564,7 +564,9 @@ def _parser() -> argparse.ArgumentParser:
         "demo",
         help="register sources and materialize the whole graph, stage by stage; ends with the results",
         description="The main job: ingest → base model → score → landscape → regime pilots → PPL law (+ follow-up "
-        "pilots) → DOS selection → mixture pilots → CMR → dataset → confirmations. Reruns skip what is current.",
+        "pilots) → DOS selection → mixture pilots → CMR → dataset → confirmations. Reruns skip what is current. "
+        "The sample corpora run at the demo's scale (CPTDATA_SAMPLE_FRACTION of their groups, default 0.15; "
+        "CPTDATA_PRETRAIN_TOKENS, default 500k): about 8-10 minutes on 2 cores.",
     )
     p_demo.add_argument(
         "--budget",
