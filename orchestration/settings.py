@@ -80,7 +80,7 @@ class EnvSettings(BaseModel):
         gt=0.0,
         le=1.0,
         allow_inf_nan=False,
-        description="a share of documents in (0, 1], e.g. 0.25 (1: the whole sample corpora)",
+        description="a share of each sample source's groups in (0, 1], e.g. 0.15 (1: the whole sample corpora)",
     )
     max_reject_rate: float = Field(
         0.01,
